@@ -1,0 +1,103 @@
+"""Atomic, never-overwrite file writing and checksums.
+
+Everything kdlib writes goes through these helpers: data is written to a temporary name
+in the destination folder and renamed into place only when complete, so an interrupted
+run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import KdlibError
+
+
+def _tmp_path(dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; rename it onto `dest` if the block succeeds.
+
+    With `overwrite=False` an existing `dest` is an error (finished results are never replaced).
+    """
+    dest = Path(dest)
+    if not overwrite and dest.exists():
+        raise KdlibError("refusing to overwrite an existing result", dest,
+                         "delete it or choose another output folder")
+    tmp = _tmp_path(dest)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(dest: str | Path, data: bytes, overwrite: bool = True) -> Path:
+    with atomic_path(dest, overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def atomic_write_text(dest: str | Path, text: str, overwrite: bool = True) -> Path:
+    return atomic_write_bytes(dest, text.encode("utf-8"), overwrite)
+
+
+def atomic_write_json(dest: str | Path, obj: Any, overwrite: bool = True) -> Path:
+    return atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", overwrite)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KdlibError("file not found", path) from None
+    except json.JSONDecodeError as exc:
+        raise KdlibError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path,
+                         "delete the file so it is regenerated") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name and rename it to `dest` when complete.
+
+    `dest` must not exist yet; a leftover temporary folder from a killed run is removed.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise KdlibError("refusing to overwrite an existing folder", dest,
+                         "delete it or choose another output folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Stable short hash of a JSON-serialisable configuration (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
