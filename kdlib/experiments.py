@@ -1,0 +1,115 @@
+"""The thesis's experiment grid, driven by its own result tables.
+
+Every row of `thesis_tables.csv` (Tables 4.1 to 4.11) names a teacher, a student, a
+distillation loss, the scales, PMD on/off and the fraction of the teacher's data. Here
+each row becomes a `RunConfig`; identical configurations (e.g. Table 4.2's KD(T1,S1) and
+Table 4.7's B->B+PMD) hash to the same run folder and are trained once.
+
+Two settings (see README, "faithful and corrected"):
+- `faithful`: what the original code did: random projector per step, softmax PMD over one
+  channel (identically zero), logit > 0.5 threshold, model selection on the test set.
+- `corrected`: what the text describes, done soundly: learned projectors, binary PMD,
+  probability > 0.5, model selection on validation patients.
+(Preprocessing and split differ too; they are chosen in notebook 01 per setting.)
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import losses
+from .train import RunConfig, baseline_config, kd_run_config, teacher_config
+
+THESIS_TABLES = Path(__file__).with_name("thesis_tables.csv")
+SETTINGS = ("corrected", "faithful")
+METRICS = ("iou", "dice", "recall", "precision")
+
+
+def thesis_rows(tables: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of the thesis's result tables (numbers as floats), optionally only some tables."""
+    with open(THESIS_TABLES, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out = []
+    for row in rows:
+        if tables and row["table"] not in tables:
+            continue
+        for key in (*METRICS, "params_m", "train_fraction"):
+            row[key] = float(row[key])
+        row["pmd"] = row["pmd"] == "1"
+        out.append(row)
+    return out
+
+
+def setting_overrides(setting: str) -> dict[str, Any]:
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}")
+    faithful = setting == "faithful"
+    return dict(setting=setting, threshold="logit" if faithful else "prob",
+                selection="test" if faithful else "val")
+
+
+def teacher_run_config(model: str, cache, split, setting: str, **overrides) -> RunConfig:
+    return teacher_config(model, cache, split, **setting_overrides(setting), **overrides)
+
+
+def kd_config_for_row(row: dict[str, Any], setting: str) -> "losses.KDConfig":
+    faithful = setting == "faithful"
+    scales = tuple(s for s in row["scales"].split("+") if s)
+    pmd = ("faithful" if faithful else "binary") if row["pmd"] else "off"
+    return losses.kd_config_for(row["teacher"], row["student"], scales=scales, loss=row["kd_loss"],
+                                pmd=pmd, projector="random" if faithful else "learned")
+
+
+def row_config(row: dict[str, Any], cache, split, setting: str, teacher_runs: dict[str, str],
+               **overrides) -> RunConfig | None:
+    """The run behind one table row (None for teacher rows of Table 4.1)."""
+    subset = "train" if row["train_fraction"] >= 1.0 else "student_train"
+    common = dict(setting_overrides(setting), train_subset=subset, **overrides)
+    if row["table"] == "4.1":
+        return None
+    if row["kd_loss"] == "none":
+        return baseline_config(row["student"], cache, split, name=f"{row['student']} baseline", **common)
+    teacher_run = teacher_runs.get(row["teacher"])
+    if teacher_run is None:
+        raise KeyError(f"no trained teacher {row['teacher']} for row {row['row']!r}")
+    name = f"KD({row['teacher']},{row['student']}) {row['kd_loss']} {row['scales']}{'+PMD' if row['pmd'] else ''}"
+    return kd_run_config(teacher_run, row["student"], kd_config_for_row(row, setting), cache, split,
+                         name=name, **common)
+
+
+def describe(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
+    """The thesis-table columns a run corresponds to (to join runs with thesis rows)."""
+    cfg = config.to_dict() if isinstance(config, RunConfig) else config
+    kd = cfg.get("kd") or {}
+    teacher = None
+    if cfg.get("teacher_run"):
+        from .io import read_json
+
+        teacher = read_json(Path(cfg["teacher_run"]) / "config.json")["model"]
+    return {
+        "student": cfg["model"] if cfg["role"] != "teacher" else None,
+        "model": cfg["model"],
+        "role": cfg["role"],
+        "teacher": teacher,
+        "kd_loss": kd.get("loss", "none") if kd else "none",
+        "scales": "+".join(kd.get("scales", [])) if kd else "",
+        "pmd": bool(kd) and kd.get("pmd", "off") != "off",
+        "train_fraction": 1.0 if cfg["train_subset"] == "train" else 0.5,
+        "setting": cfg["setting"],
+        "seed": cfg["seed"],
+    }
+
+
+def row_matches(row: dict[str, Any], desc: dict[str, Any]) -> bool:
+    if row["table"] == "4.1":
+        return desc["role"] == "teacher" and desc["model"] == row["student"]
+    return (desc["role"] != "teacher" and desc["student"] == row["student"]
+            and (desc["teacher"] or "") == (row["teacher"] or "")
+            and desc["kd_loss"] == row["kd_loss"] and desc["scales"] == row["scales"]
+            and desc["pmd"] == row["pmd"] and desc["train_fraction"] == row["train_fraction"])
+
+
+def with_epochs(cfg: RunConfig, epochs: int | None) -> RunConfig:
+    return cfg if not epochs else replace(cfg, epochs=epochs)

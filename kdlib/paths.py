@@ -1,0 +1,34 @@
+"""Where things live: the repository, the results of a profile, the shared real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+PROFILES_DIR = NOTEBOOKS_DIR / "profiles"
+
+
+def shared_data_dir() -> Path:
+    """The read-only real CT folder: `$KDLIB_SHARED_DATA`, else `<repo>/../shared/data`."""
+    env = os.environ.get("KDLIB_SHARED_DATA")
+    return Path(env).expanduser().resolve() if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def results_dir(profile: str, out: str | Path | None = None) -> Path:
+    """Absolute output folder of a profile: `out` if given, else `<repo>/results/<profile>`.
+
+    Always absolute, because papermill and nbval run kernels in other working folders.
+    """
+    if out:
+        return Path(out).expanduser().resolve()
+    return REPO_ROOT / "results" / profile
+
+
+def resolve_data(spec: str | Path) -> Path:
+    """Resolve a data path; `shared:<sub>` means a folder below the shared real-data folder."""
+    text = str(spec)
+    if text.startswith("shared:"):
+        return shared_data_dir() / text[len("shared:"):]
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()

@@ -1,0 +1,263 @@
+"""The thesis's result tables (4.1 to 4.11), side by side with our runs.
+
+`table("4.3", runs)` lays a table out like the thesis: one row per thesis row (and per
+setting - corrected / faithful - present among the runs that match the table), with the
+thesis's numbers, ours (mean over seeds), the difference, and a 95% bootstrap CI of our
+Dice over seeds. A row that no run matches keeps the thesis's numbers and shows
+`n_seeds = 0` and NaN for ours: nothing is ever filled in.
+
+Runs are joined to thesis rows with `experiments.describe` + `experiments.row_matches`,
+so identical configurations (Table 4.2's KD(T1,S1) is Table 4.7's B->B+PMD) are trained
+once and appear in every table that lists them.
+"""
+from __future__ import annotations
+
+import io as _io
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import experiments
+from .errors import ConfigError
+from .io import atomic_write_text
+
+TABLE_IDS = ("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8", "4.9", "4.10", "4.11")
+METRICS = experiments.METRICS  # iou, dice, recall, precision
+METRIC_LEVELS = ("pooled", "per_volume", "per_image")
+SYNTHETIC_NOTE = "SYNTHETIC DATA — not comparable to the thesis's numbers"
+
+TABLE_TITLES = {
+    "4.1": "Teachers: segmentation on the test set (with reconstruction quality for T1/T2)",
+    "4.2": "Students without and with distillation (best configuration per teacher-student pair)",
+    "4.3": "KD(T1,S1), contrastive, single scales and all scales, without PMD",
+    "4.4": "KD(T2,S1), contrastive, without PMD",
+    "4.5": "KD(T2,S1), contrastive, with PMD",
+    "4.6": "KD(T1,S1), contrastive, pairs of scales, without PMD",
+    "4.7": "KD(T1,S1), contrastive, with PMD",
+    "4.8": "KD(T1,S2), contrastive, without PMD",
+    "4.9": "KD(T1,S2), contrastive, with PMD",
+    "4.10": "KD(T1,S1) with an MSE feature loss instead of the contrastive loss",
+    "4.11": "S1 on 100% of the data: without and with distillation",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading numbers out of runs
+
+
+def is_synthetic(runs: Iterable[dict[str, Any]]) -> bool:
+    """True if any run was trained on generated (phantom) data."""
+    return any(bool(run.get("metrics", {}).get("synthetic", False)) for run in runs)
+
+
+def metric_value(metrics: dict[str, Any], metric: str, level: str = "pooled") -> float:
+    """One number from a run's metrics.json: `pooled`, `per_volume` (mean over cases) or `per_image`."""
+    if level not in METRIC_LEVELS:
+        raise ConfigError(f"metric_level={level!r} is not one of {METRIC_LEVELS}")
+    block = metrics.get(level)
+    if not isinstance(block, dict):
+        return math.nan
+    if isinstance(block.get("mean"), dict):  # per_volume / per_image: {"mean": {...}, ...}
+        block = block["mean"]
+    value = block.get(metric)
+    return math.nan if value is None else float(value)
+
+
+def describe_runs(runs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(run, experiments.describe(config)) pairs; describe reads teacher configs once each."""
+    out = []
+    for run in runs:
+        desc = run.get("_desc")
+        if desc is None:
+            desc = experiments.describe(run["config"])
+        out.append((run, desc))
+    return out
+
+
+def matching_runs(row: dict[str, Any], described, setting: str | None = None) -> list[dict[str, Any]]:
+    """Runs that train the configuration of a thesis row (optionally in one setting), by seed."""
+    found = [(desc["seed"], run["run_dir"], run) for run, desc in described
+             if experiments.row_matches(row, desc) and (setting is None or desc["setting"] == setting)]
+    return [run for _, _, run in sorted(found, key=lambda t: (t[0], t[1]))]
+
+
+def bootstrap_mean_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+                      ) -> tuple[float, float]:
+    """95% percentile bootstrap CI of the mean over seeds (NaN for fewer than two values).
+
+    Uses `kdlib.stats.bootstrap_ci` when available, so all CIs in the results share one rule.
+    """
+    values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    try:
+        from .stats import bootstrap_ci
+    except ImportError:  # stats not importable: same percentile bootstrap, inline
+        bootstrap_ci = None
+    if bootstrap_ci is not None:
+        result = bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+        return _ci_pair(result)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def _ci_pair(result) -> tuple[float, float]:
+    """(low, high) from whatever a CI helper returns: a pair, a dict or an object."""
+    if isinstance(result, dict):
+        low = result.get("ci_low", result.get("low"))
+        high = result.get("ci_high", result.get("high"))
+        return float(low), float(high)
+    if hasattr(result, "ci_low"):
+        return float(result.ci_low), float(result.ci_high)
+    if hasattr(result, "low"):
+        return float(result.low), float(result.high)
+    seq = list(result)
+    if len(seq) == 3:  # (estimate, low, high)
+        return float(seq[1]), float(seq[2])
+    return float(seq[0]), float(seq[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+
+
+def _table_settings(rows, described) -> list[str | None]:
+    """Settings present among the runs matching any row of the table (stable layout)."""
+    present = {desc["setting"] for row in rows for run, desc in described
+               if experiments.row_matches(row, desc)}
+    ordered = [s for s in experiments.SETTINGS if s in present]
+    return ordered or [None]
+
+
+def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
+    """Thesis table `table_id` with our numbers next to the thesis's (see module docstring).
+
+    Columns: row, setting, n_seeds, thesis_/ours_/diff_<metric> for iou, dice, recall,
+    precision; ours_dice_ci_low/high; params_m (the thesis's) and ours_params_m; for
+    Table 4.1 also ours_psnr and ours_ssim. `df.attrs` holds table, caption, metric_level,
+    synthetic.
+    """
+    table_id = str(table_id)
+    rows = experiments.thesis_rows([table_id])
+    if not rows:
+        raise ConfigError(f"unknown thesis table {table_id!r}", fix=f"use one of {', '.join(TABLE_IDS)}")
+    if metric_level not in METRIC_LEVELS:
+        raise ConfigError(f"metric_level={metric_level!r} is not one of {METRIC_LEVELS}")
+    described = describe_runs(runs)
+    settings = _table_settings(rows, described)
+    records = []
+    for row in rows:
+        for setting in settings:
+            matched = matching_runs(row, described, setting) if setting else []
+            rec: dict[str, Any] = {"row": row["row"], "setting": setting, "n_seeds": len(matched)}
+            for m in METRICS:
+                ours = [metric_value(r["metrics"], m, metric_level) for r in matched]
+                ours = [v for v in ours if not math.isnan(v)]
+                mean = float(np.mean(ours)) if ours else math.nan
+                rec[f"thesis_{m}"] = row[m]
+                rec[f"ours_{m}"] = mean
+                rec[f"diff_{m}"] = mean - row[m] if ours else math.nan
+                if m == "dice":
+                    rec["ours_dice_ci_low"], rec["ours_dice_ci_high"] = bootstrap_mean_ci(ours)
+            rec["params_m"] = row["params_m"]
+            params = [r["metrics"]["params"] / 1e6 for r in matched if r["metrics"].get("params")]
+            rec["ours_params_m"] = float(np.mean(params)) if params else math.nan
+            if table_id == "4.1":
+                for key in ("psnr", "ssim"):
+                    vals = [float(r["metrics"][key]) for r in matched if r["metrics"].get(key) is not None]
+                    rec[f"ours_{key}"] = float(np.mean(vals)) if vals else math.nan
+            records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    df.attrs.update(table=table_id, caption=f"Table {table_id}: {TABLE_TITLES.get(table_id, '')}".rstrip(": "),
+                    metric_level=metric_level, synthetic=is_synthetic(runs))
+    return df
+
+
+def all_tables(runs, tables: Iterable[str] = TABLE_IDS, metric_level: str = "pooled"
+               ) -> dict[str, pd.DataFrame]:
+    """{table id: table(...)} for several thesis tables (teacher configs are read once)."""
+    runs = list(runs)
+    described = describe_runs(runs)
+    cached = [dict(run, _desc=desc) for run, desc in described]
+    return {str(t): table(str(t), cached, metric_level) for t in tables}
+
+
+def headline_table(runs, metric_level: str = "pooled") -> pd.DataFrame:
+    """Table 4.2 in a compact form for the README: row, setting, n, ours dice ± CI, thesis dice."""
+    full = table("4.2", runs, metric_level)
+    out = pd.DataFrame({
+        "row": full["row"], "setting": full["setting"], "n": full["n_seeds"],
+        "ours_dice": full["ours_dice"], "ci_low": full["ours_dice_ci_low"],
+        "ci_high": full["ours_dice_ci_high"], "thesis_dice": full["thesis_dice"],
+    })
+    out["ours_dice_text"] = [_dice_text(d, lo, hi) for d, lo, hi in
+                             zip(out["ours_dice"], out["ci_low"], out["ci_high"])]
+    out.attrs.update(full.attrs)
+    return out
+
+
+def _dice_text(dice: float, low: float, high: float) -> str:
+    if math.isnan(dice):
+        return "not run"
+    if math.isnan(low):
+        return f"{dice:.3f}"
+    return f"{dice:.3f} [{low:.3f}, {high:.3f}]"
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.3f}"
+    if isinstance(value, (np.integer,)):
+        return str(int(value))
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (floats to 3 decimals, NaN as an en dash); no extra dependency."""
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, synthetic: bool,
+                caption: str | None = None) -> tuple[Path, Path]:
+    """Write `<name>.csv` and `<name>.md` atomically (regenerated outputs: overwritten).
+
+    The Markdown's first line is a caption naming the table; with `synthetic` it says
+    that the numbers come from generated data and are not comparable to the thesis's.
+    """
+    out_dir = Path(out_dir)
+    caption = caption or df.attrs.get("caption") or f"Table {name}"
+    if df.attrs.get("metric_level") and df.attrs["metric_level"] != "pooled":
+        caption = f"{caption} (metrics: {df.attrs['metric_level']})"
+    if synthetic:
+        caption = f"{caption} — {SYNTHETIC_NOTE}"
+    buffer = _io.StringIO()
+    df.to_csv(buffer, index=False)
+    csv_path = atomic_write_text(out_dir / f"{name}.csv", buffer.getvalue())
+    md_path = atomic_write_text(out_dir / f"{name}.md", f"{caption}\n\n{to_markdown(df)}")
+    return csv_path, md_path
+
+
+def write_all(runs, out_dir: str | Path, tables: Iterable[str] = TABLE_IDS,
+              metric_level: str = "pooled") -> dict[str, tuple[Path, Path]]:
+    """all_tables + write_table for each, named `table_4_2` etc.; returns the paths."""
+    runs = list(runs)
+    synthetic = is_synthetic(runs)
+    written = {}
+    for table_id, df in all_tables(runs, tables, metric_level).items():
+        written[table_id] = write_table(df, out_dir, f"table_{table_id.replace('.', '_')}", synthetic)
+    return written
