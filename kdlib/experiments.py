@@ -113,3 +113,49 @@ def row_matches(row: dict[str, Any], desc: dict[str, Any]) -> bool:
 
 def with_epochs(cfg: RunConfig, epochs: int | None) -> RunConfig:
     return cfg if not epochs else replace(cfg, epochs=epochs)
+
+
+# Which thesis rows each training-curve figure shows (one figure per teacher-student pair).
+CURVE_FIGURES = {
+    "4.3": ("T1->S1, contrastive, without PMD", ["4.3", "4.6"]),
+    "4.4": ("T1->S1, contrastive, with PMD", ["4.7"]),
+    "4.5": ("T2->S1, contrastive, without PMD", ["4.4"]),
+    "4.6": ("T2->S1, contrastive, with PMD", ["4.5"]),
+    "4.7": ("T1->S2, contrastive, with and without PMD", ["4.8", "4.9"]),
+    "4.8": ("T1->S1, feature MSE", ["4.10"]),
+}
+
+# Qualitative comparisons of Figures 4.17-4.19: (title, [(table, row label), ...]).
+QUALITATIVE_FIGURES = {
+    "4.17": ("T1->S1 at different scales", [("4.3", "B->B"), ("4.3", "E->E"), ("4.3", "D->D"),
+                                            ("4.3", "B->B+E->E+D->D")]),
+    "4.18": ("T1->S1 with and without PMD", [("4.3", "B->B"), ("4.7", "B->B+PMD"),
+                                            ("4.3", "B->B+E->E+D->D"), ("4.7", "B->B+E->E+D->D+PMD")]),
+    "4.19": ("T1->S1, MSE against contrastive", [("4.3", "B->B"), ("4.10", "B->B"),
+                                                ("4.3", "B->B+E->E+D->D"), ("4.10", "B->B+E->E+D->D")]),
+}
+ABLATION_TABLES = ["4.3", "4.4", "4.5", "4.6", "4.7", "4.8", "4.9", "4.10", "4.11"]
+# the grid also run in the faithful setting, so the original's defects are measured
+FAITHFUL_GRID_TABLES = ["4.3", "4.6", "4.7"]
+
+
+def find_row(table_id: str, label: str) -> dict[str, Any]:
+    for row in thesis_rows([table_id]):
+        if row["row"] == label:
+            return row
+    raise KeyError(f"no row {label!r} in table {table_id}")
+
+
+def runs_for_row(row: dict[str, Any], runs: list[dict[str, Any]], setting: str | None = None,
+                 split: str | None = None) -> list[dict[str, Any]]:
+    """Finished runs (from `train.load_runs`) behind a thesis row, optionally one setting/split."""
+    chosen = []
+    for run in runs:
+        desc = describe(run["config"])
+        if setting and desc["setting"] != setting:
+            continue
+        if split and run["config"]["split"] != split:
+            continue
+        if row_matches(row, desc):
+            chosen.append(run)
+    return chosen

@@ -35,7 +35,7 @@ Conventions (each one is pinned by a test in ``tests/test_metrics.py``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -228,6 +228,8 @@ class SegmentationMeter:
         if p.ndim < 2:
             raise DataError(f"expected a batch of masks (B, ...), got shape {tuple(p.shape)}",
                             fix="add a leading batch axis")
+        if p.shape[0] == 0:
+            return
         counts = _counts_per_image(p, t)
         with_cases = case_ids_batch is not None
         if self._with_cases is not None and with_cases != self._with_cases:
@@ -447,9 +449,11 @@ def hd95(pred_volume: Any, truth_volume: Any, spacing: Sequence[float] = (1.0, 1
     _check_same_shape(p, t)
     if p.ndim not in (2, 3):
         raise DataError(f"hd95 expects a 2D or 3D mask, got shape {tuple(p.shape)}")
-    sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (max(p.ndim, np.size(spacing)),))
-    if len(sp) < p.ndim:
-        raise DataError(f"spacing {tuple(spacing)} has fewer entries than the mask has axes")
+    sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if sp.size == 1:
+        sp = np.repeat(sp, p.ndim)
+    if sp.ndim != 1 or sp.size < p.ndim:
+        raise DataError(f"spacing {spacing!r} needs one entry per mask axis ({p.ndim})")
     sp = tuple(float(s) for s in sp[: p.ndim])
     if any(s <= 0 for s in sp):
         raise DataError(f"spacing must be positive, got {sp}")
@@ -464,7 +468,3 @@ def hd95(pred_volume: Any, truth_volume: Any, spacing: Sequence[float] = (1.0, 1
     d_pt = np.percentile(dist_to_t[sp_], 95)
     d_tp = np.percentile(dist_to_p[st_], 95)
     return float(max(d_pt, d_tp))
-
-
-def _iter_rows(x: Iterable) -> Iterable:  # pragma: no cover - tiny helper kept for clarity
-    return iter(x)

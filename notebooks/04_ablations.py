@@ -1,0 +1,131 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Ablations: scales, PMD, MSE against contrastive, data volume
+#
+# Trains every configuration of the thesis's Tables 4.3-4.11 (rows read from the thesis's own
+# tables) and regenerates those tables, the training-curve Figures 4.3-4.8 and the qualitative
+# Figures 4.15-4.19. Identical configurations across tables are trained once.
+# The T1->S1 grid also runs in the **faithful** setting, so the effect of the original's defects
+# (PMD identically zero, random projectors, slice-level split, selection on the test set) is
+# measured, not asserted. Every table row says which setting it comes from.
+#
+# - Defaults: the **smoke** profile (SYNTHETIC data, 2 epochs) — numbers are not comparable to the thesis.
+# - Thesis scale on a GPU: `python -m kdlib run --profile thesis --data /path/to/Task09_Spleen`.
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # names the output folder results/<profile>
+out_dir: str = ""  # "" -> <repo>/results/<profile>
+data: str = "phantom"  # only recorded for provenance here
+setting: str = "corrected"  # the main reading: corrected | faithful
+faithful_grid: bool = True  # also run the T1->S1 grid (Tables 4.3, 4.6, 4.7) in the faithful setting
+epochs: int = 2  # the thesis: 120
+seeds: list = [42]  # several seeds give confidence intervals
+grid_folds: list = []  # [] -> every fold prepared by 01; e.g. [0] to run the grid on one fold
+precision: str = "fp32"  # fp32 | bf16
+device: str = ""  # "" -> cuda if available else cpu
+publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
+n_examples: int = 4  # slices in each qualitative figure
+
+# %%
+# %matplotlib inline
+import time
+
+from IPython.display import Markdown, display
+
+from kdlib import experiments, figures, pipeline, tables, train
+from kdlib.data import SliceCache, load_split
+
+started = time.time()
+out = pipeline.out_folder(profile, out_dir)
+publish = pipeline.publish_folder(out, publish_dir)
+prepared = pipeline.load_prepared(out)
+synthetic = prepared[setting]["synthetic"]
+folds = grid_folds or None
+configs = pipeline.row_configs(out, experiments.thesis_rows(experiments.ABLATION_TABLES), setting,
+                               epochs=epochs, seeds=seeds, precision=precision, folds=folds)
+if faithful_grid and "faithful" in prepared and setting != "faithful":
+    faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
+                     if r["student"] == "S1" and r["teacher"] in ("T1", "")]
+    configs += pipeline.row_configs(out, faithful_rows, "faithful", epochs=epochs, seeds=seeds,
+                                    precision=precision)
+print(len(configs), "configurations")
+
+# %%
+pipeline.train_all(out, configs, device=device or None)
+runs = train.load_runs(out / "runs")
+prov = pipeline.provenance(profile, data, started)
+
+# %% [markdown]
+# ## Tables 4.3-4.11, the thesis's numbers beside ours (pooled test metrics, mean over folds and seeds)
+
+# %%
+for table_id in experiments.ABLATION_TABLES:
+    df = tables.table(table_id, runs)
+    tables.write_table(df, publish / "tables", f"table{table_id.replace('.', '_')}", synthetic=synthetic)
+    display(Markdown((publish / "tables" / f"table{table_id.replace('.', '_')}.md").read_text()))
+
+# %% [markdown]
+# ## Figures 4.3-4.8: training curves of each configuration, one figure per teacher-student pair
+
+# %%
+fold0_split = prepared[setting]["splits"][0]
+for number, (title, table_ids) in experiments.CURVE_FIGURES.items():
+    histories = {}
+    for row in experiments.thesis_rows(table_ids):
+        found = experiments.runs_for_row(row, runs, setting, fold0_split)
+        if found:
+            histories[row["row"]] = train.load_history(found[0]["run_dir"])
+    if histories:
+        fig = figures.training_curves(histories, title=f"Figure {number}: {title} ({setting})")
+        figures.save_figure(fig, publish / "figures" / f"fig{number.replace('.', '_')}_curves_{setting}.png", prov)
+
+# %% [markdown]
+# ## Figures 4.15-4.19: qualitative comparisons (fold 0 test slices)
+# 4.15/4.16: the slices where distillation helped least (lowest Dice gain of the Table 4.2 KD
+# student over its baseline); 4.17-4.19: scales, PMD, MSE against contrastive.
+
+# %%
+cache = SliceCache.load(prepared[setting]["cache"])
+test_idx = load_split(fold0_split)["test"]
+images, truths = cache.images[test_idx], cache.masks[test_idx] > 127
+
+
+def row_mask(table_id, label):
+    found = experiments.runs_for_row(experiments.find_row(table_id, label), runs, setting, fold0_split)
+    return train.infer(found[0]["run_dir"], images, device=device or None)["mask"] if found else None
+
+
+for number, student, kd_label in (("4.15", "S1", "KD(T1,S1)"), ("4.16", "S2", "KD(T1,S2)")):
+    base, kd = row_mask("4.2", f"{student}: U-Net-S" if student == "S1" else f"{student}: U-Net"), row_mask("4.2", kd_label)
+    if base is None or kd is None:
+        continue
+    chosen, rule = figures.least_improved_slices(truths, base, kd, n_examples)
+    print(f"Figure {number} rule:", rule)
+    fig = figures.qualitative_panel(images[chosen], truths[chosen], {f"{student} baseline": base[chosen], kd_label: kd[chosen]})
+    figures.save_figure(fig, publish / "figures" / f"fig{number.replace('.', '_')}_limited_{student}_{setting}.png", prov)
+
+for number, (title, members) in experiments.QUALITATIVE_FIGURES.items():
+    masks = {f"{label} ({'MSE' if t == '4.10' else 'InfoNCE'})": m for t, label in members
+             if (m := row_mask(t, label)) is not None}
+    if not masks:
+        continue
+    chosen, rule = figures.choose_slices(truths, next(iter(masks.values())), n_examples)
+    print(f"Figure {number} rule:", rule)
+    fig = figures.qualitative_panel(images[chosen], truths[chosen], {k: v[chosen] for k, v in masks.items()})
+    figures.save_figure(fig, publish / "figures" / f"fig{number.replace('.', '_')}_{setting}.png", prov)
+
+# %%
+print(pipeline.provenance(profile, data, started))
