@@ -1,0 +1,455 @@
+"""The thesis's figures, remade from our runs: every function returns a matplotlib Figure.
+
+- `training_curves`    Figures 4.2-4.8: one panel per configuration (train loss, val Dice).
+- `teacher_curves`     Figure 4.1: per teacher, segmentation and reconstruction loss.
+- `qualitative_panel`  Figures 4.9-4.14, 4.17-4.19: slices x (Input, GT, each model),
+                       with `choose_slices` picking slices by a stated rule.
+- `reconstruction_panel` Figures 4.9/4.10: input vs the teacher's reconstruction.
+- `forest_plot`        Dice difference to the baseline with its CI, per configuration.
+- `predict_masks`      binary masks of a trained run on uint8 slices (for the panels).
+
+`save_figure(fig, path, provenance)` writes the PNG atomically with a footer naming the
+profile, data, commit and date; a figure made from synthetic data says "SYNTHETIC" in
+its footer (and, when the caller passes `synthetic=True`, in its title).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import DataError
+from .io import atomic_path
+
+SYNTHETIC_LABEL = "SYNTHETIC DATA"
+# distinct, colour-blind-friendly outline colours (Okabe-Ito); GT is always white/green
+MODEL_COLOURS = ("#E69F00", "#56B4E9", "#CC79A7", "#D55E00", "#0072B2", "#F0E442", "#009E73")
+GT_COLOUR = "#00FF66"
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and _headless():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _headless() -> bool:
+    import os
+
+    return os.environ.get("KDLIB_BATCH", "") not in ("", "0") or not (
+        os.environ.get("DISPLAY") or os.environ.get("MPLBACKEND") or _in_ipython())
+
+
+def _in_ipython() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+def _title(text: str, synthetic: bool) -> str:
+    return f"{text}  [{SYNTHETIC_LABEL}]" if synthetic else text
+
+
+# ---------------------------------------------------------------------------------------
+# Array shapes: images (N, H, W) uint8/float, or (N, 3, H, W) / (N, 1, H, W); masks likewise
+
+
+def as_slices(array, name: str = "array") -> np.ndarray:
+    """(N, H, W) float array from (N, H, W), (N, C, H, W) (first channel) or (H, W)."""
+    arr = np.asarray(array.detach().cpu().numpy() if hasattr(array, "detach") else array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 4:
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise DataError(f"{name} must have shape (N, H, W) or (N, C, H, W), got {arr.shape}")
+    return arr
+
+
+def _image01(array) -> np.ndarray:
+    arr = as_slices(array, "images").astype(np.float32)
+    if arr.size and arr.max() > 1.5:  # uint8 slices
+        arr = arr / 255.0
+    return arr
+
+
+def _binary(array, name: str = "masks") -> np.ndarray:
+    arr = as_slices(array, name)
+    if arr.dtype == bool:
+        return arr
+    scale = 255.0 if arr.size and arr.max() > 1.5 else 1.0
+    return arr.astype(np.float32) / scale > 0.5
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary masks (1.0 when both are empty)."""
+    inter = float(np.logical_and(pred, truth).sum())
+    total = float(pred.sum() + truth.sum())
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+# ---------------------------------------------------------------------------------------
+# Training curves
+
+
+def _column(df, *names):
+    for name in names:
+        if name in df.columns and df[name].notna().any():
+            return df[name]
+    return None
+
+
+def _grid(n: int, ncols: int | None = None):
+    ncols = ncols or min(4, max(n, 1))
+    nrows = max(1, math.ceil(n / ncols))
+    return nrows, ncols
+
+
+def training_curves(histories: Mapping[str, Any], title: str = "", synthetic: bool = False,
+                    ncols: int | None = None):
+    """Small multiples, one panel per configuration: training loss (left axis) and
+    validation Dice (right axis, 0-1) against epoch. `histories`: label -> history.csv frame."""
+    plt = _plt()
+    if not histories:
+        raise DataError("no training histories to plot", fix="train the runs first")
+    nrows, ncols = _grid(len(histories), ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows + 0.6),
+                             squeeze=False, sharex=False)
+    handles = None
+    for ax, (label, df) in zip(axes.flat, histories.items()):
+        epoch = df["epoch"]
+        loss = _column(df, "train_total", "train_seg")
+        lines = []
+        if loss is not None:
+            lines += ax.plot(epoch, loss, color="#0072B2", lw=1.2, label="train loss")
+        val_loss = _column(df, "val_loss")
+        if val_loss is not None:
+            lines += ax.plot(epoch, val_loss, color="#0072B2", lw=1.0, ls="--", label="val seg loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(str(label), fontsize=9)
+        twin = ax.twinx()
+        val_dice = _column(df, "val_dice")
+        if val_dice is not None:
+            lines += twin.plot(epoch, val_dice, color="#D55E00", lw=1.2, label="val Dice")
+            best = int(np.nanargmax(val_dice.to_numpy()))
+            twin.plot(epoch.iloc[best], val_dice.iloc[best], "o", color="#D55E00", ms=3)
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("Dice")
+        if handles is None or len(lines) > len(handles):
+            handles = lines
+    for ax in list(axes.flat)[len(histories):]:
+        ax.set_visible(False)
+    if handles:
+        fig.legend(handles, [h.get_label() for h in handles], loc="lower center",
+                   ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(_title(title or "Training curves", synthetic), fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return fig
+
+
+def teacher_curves(histories: Mapping[str, Any], synthetic: bool = False):
+    """Figure 4.1: per teacher (a row), segmentation loss (train / val) and reconstruction
+    loss (train / val) against epoch. A teacher without a reconstruction head says so."""
+    plt = _plt()
+    if not histories:
+        raise DataError("no teacher histories to plot", fix="train the teachers first")
+    fig, axes = plt.subplots(len(histories), 2, figsize=(8, 2.6 * len(histories) + 0.5), squeeze=False)
+    for (label, df), (ax_seg, ax_rec) in zip(histories.items(), axes):
+        epoch = df["epoch"]
+        for ax, train_col, val_col, what in ((ax_seg, ("train_seg", "train_total"), ("val_loss",), "segmentation"),
+                                             (ax_rec, ("train_recon",), ("val_recon_loss",), "reconstruction")):
+            train, val = _column(df, *train_col), _column(df, *val_col)
+            if train is None and val is None:
+                ax.text(0.5, 0.5, f"no {what} head", ha="center", va="center", transform=ax.transAxes,
+                        color="0.4")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if train is not None:
+                ax.plot(epoch, train, lw=1.2, color="#0072B2", label="train")
+            if val is not None:
+                ax.plot(epoch, val, lw=1.2, color="#D55E00", label="validation")
+            if train is not None or val is not None:
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("loss")
+                ax.legend(fontsize=8, frameon=False)
+            ax.set_title(f"{label}: {what} loss", fontsize=9)
+    fig.suptitle(_title("Teachers: segmentation and reconstruction loss", synthetic), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Qualitative panels
+
+
+def choose_slices(truths, predictions_ref=None, n: int = 4, rule: str = "quantiles"
+                  ) -> tuple[list[int], str]:
+    """Pick `n` slices to show and say how: returns (indices, description of the rule).
+
+    Rules (only spleen-positive slices are candidates):
+    - "quantiles": evenly spaced quantiles (10%..90%) of ground-truth spleen area, so small,
+      medium and large cross-sections all appear; no model output is used.
+    - "worst" / "best": lowest / highest Dice of `predictions_ref` (ties by index).
+    """
+    truth = _binary(truths, "truths")
+    area = truth.reshape(len(truth), -1).sum(axis=1)
+    positive = np.flatnonzero(area > 0)
+    if len(positive) == 0:
+        raise DataError("no spleen-positive slice to show", fix="use slices that contain spleen")
+    n = min(n, len(positive))
+    if rule == "quantiles":
+        order = positive[np.argsort(area[positive], kind="stable")]
+        qs = np.linspace(0.1, 0.9, n) if n > 1 else np.array([0.5])
+        picks = [int(order[int(round(q * (len(order) - 1)))]) for q in qs]
+        picks = list(dict.fromkeys(picks))  # unique, in area order
+        for idx in order:  # few positives: fill duplicates with neighbours
+            if len(picks) >= n:
+                break
+            if int(idx) not in picks:
+                picks.append(int(idx))
+        picks.sort(key=lambda i: area[i])
+        desc = (f"{n} spleen-positive test slices at evenly spaced quantiles (10%-90%) of "
+                f"ground-truth spleen area ({len(positive)} positive slices)")
+        return picks, desc
+    if rule in ("worst", "best"):
+        if predictions_ref is None:
+            raise DataError(f"rule {rule!r} needs predictions_ref (a reference model's masks)")
+        pred = _binary(predictions_ref, "predictions_ref")
+        scores = np.array([dice(pred[i], truth[i]) for i in positive])
+        order = np.argsort(scores if rule == "worst" else -scores, kind="stable")
+        picks = [int(positive[i]) for i in order[:n]]
+        desc = (f"the {n} spleen-positive test slices with the {'lowest' if rule == 'worst' else 'highest'} "
+                f"Dice of the reference model ({len(positive)} positive slices)")
+        return picks, desc
+    raise DataError(f"unknown slice rule {rule!r}", fix="use 'quantiles', 'worst' or 'best'")
+
+
+def _outline(ax, mask: np.ndarray, colour: str, lw: float = 1.2, ls: str = "-") -> None:
+    if mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=lw, linestyles=ls)
+
+
+def qualitative_panel(images, truths, predictions: Mapping[str, Any], titles: Sequence[str] | None = None,
+                      indices: Sequence[int] | None = None, synthetic: bool = False, title: str = ""):
+    """Rows = slices, columns = Input / GT / each model (e.g. Teacher, Student, KD student).
+
+    Model columns show the CT with the model's mask filled translucent and outlined in its
+    colour, the ground truth as a dashed green outline, and the slice's Dice in the corner.
+    `titles`: one label per shown row (e.g. case id and slice number); `indices`: which
+    slices to show (default all).
+    """
+    plt = _plt()
+    img, gt = _image01(images), _binary(truths, "truths")
+    preds = {name: _binary(p, f"predictions[{name!r}]") for name, p in predictions.items()}
+    for name, p in preds.items():
+        if p.shape != gt.shape:
+            raise DataError(f"predictions[{name!r}] has shape {p.shape}, truths {gt.shape}")
+    if img.shape != gt.shape:
+        raise DataError(f"images have shape {img.shape}, truths {gt.shape}")
+    rows = list(range(len(img))) if indices is None else [int(i) for i in indices]
+    if titles is not None and len(titles) != len(rows):
+        raise DataError(f"{len(titles)} titles for {len(rows)} slices")
+    ncols = 2 + len(preds)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.2 * ncols, 2.2 * len(rows) + 0.5), squeeze=False)
+    headers = ["Input", "Ground truth", *preds]
+    for r, idx in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.imshow(img[idx], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(headers[c], fontsize=9)
+        axes[r, 0].set_ylabel(titles[r] if titles is not None else f"slice {idx}", fontsize=8)
+        _outline(axes[r, 1], gt[idx], GT_COLOUR, lw=1.4)
+        axes[r, 1].imshow(np.ma.masked_where(~gt[idx], gt[idx]), cmap=_solid(GT_COLOUR), alpha=0.35,
+                          vmin=0, vmax=1, interpolation="nearest")
+        for c, (name, pred) in enumerate(preds.items(), start=2):
+            colour = MODEL_COLOURS[(c - 2) % len(MODEL_COLOURS)]
+            ax = axes[r, c]
+            ax.imshow(np.ma.masked_where(~pred[idx], pred[idx]), cmap=_solid(colour), alpha=0.35,
+                      vmin=0, vmax=1, interpolation="nearest")
+            _outline(ax, pred[idx], colour, lw=1.2)
+            _outline(ax, gt[idx], GT_COLOUR, lw=0.9, ls="--")
+            ax.text(0.03, 0.04, f"Dice {dice(pred[idx], gt[idx]):.2f}", transform=ax.transAxes,
+                    fontsize=7, color="white", bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
+    fig.suptitle(_title(title or "Predictions (dashed green: ground truth)", synthetic), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def _solid(colour: str):
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([colour])
+
+
+def reconstruction_panel(images, recons, n: int = 4, indices: Sequence[int] | None = None,
+                         titles: Sequence[str] | None = None, synthetic: bool = False, title: str = ""):
+    """Figures 4.9/4.10: rows of Input / Reconstruction / |difference| for `n` slices
+    (evenly spaced through the set unless `indices` is given), with per-slice PSNR."""
+    plt = _plt()
+    img, rec = _image01(images), _image01(recons)
+    if img.shape != rec.shape:
+        raise DataError(f"images have shape {img.shape}, reconstructions {rec.shape}")
+    if indices is None:
+        n = min(n, len(img))
+        indices = np.unique(np.linspace(0, len(img) - 1, n).round().astype(int)).tolist()
+    fig, axes = plt.subplots(len(indices), 3, figsize=(7, 2.3 * len(indices) + 0.4), squeeze=False)
+    for r, idx in enumerate(indices):
+        err = np.abs(img[idx] - np.clip(rec[idx], 0, 1))
+        mse = float(np.mean((img[idx] - rec[idx]) ** 2))
+        psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+        for c, (data, cmap, vmax) in enumerate(((img[idx], "gray", 1), (np.clip(rec[idx], 0, 1), "gray", 1),
+                                               (err, "magma", max(float(err.max()), 1e-6)))):
+            axes[r, c].imshow(data, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 1].text(0.03, 0.04, f"PSNR {psnr:.1f} dB", transform=axes[r, 1].transAxes, fontsize=7,
+                        color="white", bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
+        axes[r, 0].set_ylabel(titles[r] if titles is not None else f"slice {idx}", fontsize=8)
+    for c, header in enumerate(("Input", "Reconstruction", "|difference|")):
+        axes[0, c].set_title(header, fontsize=9)
+    fig.suptitle(_title(title or "Reconstruction", synthetic), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Effects
+
+
+def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dice difference to baseline"):
+    """Dice difference to the baseline with its CI, one line per configuration.
+
+    `df` columns: `label`, `diff`, `ci_low`, `ci_high` (optional `n`, `p`); rows without a
+    CI are drawn as points only. A vertical line marks 0 (no difference).
+    """
+    plt = _plt()
+    missing = {"label", "diff", "ci_low", "ci_high"} - set(df.columns)
+    if missing:
+        raise DataError(f"forest_plot needs columns {sorted(missing)}")
+    data = df.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(data) + 1.4))
+    y = np.arange(len(data))[::-1]
+    for yi, row in zip(y, data.itertuples(index=False)):
+        diff, low, high = float(row.diff), float(row.ci_low), float(row.ci_high)
+        has_ci = not (math.isnan(low) or math.isnan(high))
+        colour = "0.5" if not has_ci else ("#009E73" if low > 0 else "#D55E00" if high < 0 else "#0072B2")
+        if has_ci:
+            ax.plot([low, high], [yi, yi], color=colour, lw=1.6)
+        ax.plot([diff], [yi], "o", color=colour, ms=5)
+        note = []
+        if "n" in data.columns and not _isnan(getattr(row, "n")):
+            note.append(f"n={int(getattr(row, 'n'))}")
+        if "p" in data.columns and not _isnan(getattr(row, "p")):
+            note.append(f"p={float(getattr(row, 'p')):.3g}")
+        if note:
+            ax.annotate("  ".join(note), (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=7, color="0.3")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([str(v) for v in data["label"]], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-0.7, len(data) - 0.3)
+    ax.set_title(_title(title or "Effect of distillation (95% CI)", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _isnan(value) -> bool:
+    try:
+        return value is None or math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+# ---------------------------------------------------------------------------------------
+# Predictions of a trained run
+
+
+def predict_masks(run_dir: str | Path, images_uint8, device: str = "cpu", threshold: str | None = None,
+                  batch_size: int = 16) -> np.ndarray:
+    """Binary masks (N, H, W) bool of the trained run in `run_dir` on uint8 slices (N, H, W).
+
+    The threshold rule is the run's own (`config.json` "threshold"): "prob" = sigmoid > 0.5,
+    "logit" = logit > 0.5 (the original code's rule); pass `threshold` to override.
+    """
+    import torch
+
+    from .io import read_json
+    from .train import load_model
+
+    run_dir = Path(run_dir)
+    rule = threshold or read_json(run_dir / "config.json").get("threshold", "prob")
+    if rule not in ("prob", "logit"):
+        raise DataError(f"unknown threshold rule {rule!r}", fix="use 'prob' or 'logit'")
+    slices = as_slices(images_uint8, "images_uint8")
+    if slices.dtype != np.uint8:
+        raise DataError(f"images_uint8 must be uint8 slices, got {slices.dtype}",
+                        fix="pass the slice cache's images (uint8, 0-255)")
+    dev = torch.device(device)
+    model = load_model(run_dir, dev)
+    out = np.zeros(slices.shape, dtype=bool)
+    with torch.inference_mode():
+        for start in range(0, len(slices), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size])).to(dev)
+            image = chunk.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+            logits = model(image)["logits"].float()
+            out[start:start + batch_size] = _binarize(logits, rule).cpu().numpy()[:, 0]
+    return out
+
+
+def _binarize(logits, rule: str):
+    try:
+        from .metrics import binarize
+    except ImportError:
+        binarize = None
+    if binarize is not None:
+        return binarize(logits, rule).bool()
+    return logits > 0.5 if rule == "logit" else logits.sigmoid() > 0.5
+
+
+# ---------------------------------------------------------------------------------------
+# Saving
+
+
+def footer_text(provenance: Mapping[str, Any]) -> str:
+    """One line: profile | data | commit | date (+ SYNTHETIC DATA when provenance says so)."""
+    parts = [f"{key}: {provenance[key]}" for key in ("profile", "data", "commit", "date")
+             if provenance.get(key) not in (None, "")]
+    if not provenance.get("date"):
+        parts.append("date: " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if provenance.get("synthetic"):
+        parts.insert(0, SYNTHETIC_LABEL + " (not comparable to the thesis)")
+    return "  |  ".join(parts)
+
+
+def save_figure(fig, path: str | Path, provenance: Mapping[str, Any] | None = None, dpi: int = 120) -> Path:
+    """Write `fig` as a PNG atomically, with a provenance footer (and PNG metadata).
+
+    `provenance`: profile, data, commit, date (see `pipeline.provenance`) and `synthetic`;
+    a figure from synthetic data carries a visible "SYNTHETIC DATA" label in the footer.
+    """
+    provenance = dict(provenance or {})
+    text = footer_text(provenance)
+    synthetic = bool(provenance.get("synthetic"))
+    fig.text(0.005, 0.003, text, fontsize=6, ha="left", va="bottom",
+             color="#B00000" if synthetic else "0.35", fontweight="bold" if synthetic else "normal")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(".png")
+    metadata = {"Description": text, "Software": "kdlib"}
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata=metadata, bbox_inches="tight", pad_inches=0.12)
+    return path
