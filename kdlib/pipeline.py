@@ -179,7 +179,7 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None) ->
     Configurations that share a teacher run are adjacent, so the teacher's outputs on the
     student training set are computed once for the whole group.
     """
-    ordered = sorted(configs, key=lambda c: (c.teacher_run or "", c.split, c.model))
+    ordered = sorted(configs, key=lambda c: (c.teacher_run or "", c.split, c.train_subset, c.model))
     todo = sum(not is_finished(c.run_dir(out / "runs")) for c in ordered)
     print(f"{len(ordered)} runs, {len(ordered) - todo} already finished, {todo} to train")
     return [train(cfg, out / "runs", device=device) for cfg in ordered]

@@ -96,7 +96,7 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """What the run folder's hash covers: the config plus the content of its inputs."""
         ident = self.to_dict()
-        ident["cache"] = read_json(Path(self.cache) / "manifest.json").get("checksum") or \
+        ident["cache"] = read_json(Path(self.cache) / "manifest.json").get("fingerprint") or \
             sha256_file(Path(self.cache) / "manifest.json")
         ident["split"] = sha256_file(self.split)
         if self.teacher_run:
