@@ -1,0 +1,450 @@
+"""Convert data sources into a compact slice cache, load it, and serve it to torch.
+
+Cache layout (`out/`): `images.npy` uint8 (N, S, S), `masks.npy` uint8 (N, S, S) (255 =
+spleen; soft values in faithful mode), `case_ids.npy` (N,) str, `slice_index.npy` (N,) int64,
+`sources.npy` (N,) str (the reader each slice came from), `manifest.json`; optionally
+`png/images/<case>_<slice:04d>.png` and `png/masks/...` for visual QC. In labels-only mode
+the folder holds `inventory.json` and `manifest.json` only.
+
+Two conversion modes
+- faithful (the thesis's own preprocessing): HU float -> uint8 by clipping to [0, 255]
+  (truncating, as PIL's float -> 8-bit conversion does), no rotation, images AND masks resized
+  to `size` bilinearly, masks stored soft (mask*255 resized, not re-binarised), all slices.
+- standard (default): HU window `hu_window` (default abdominal W400/L40 = (-160, 240)) mapped
+  linearly to 0..255, images resized bilinearly (antialiased when downsampling), masks
+  resized by nearest neighbour and kept binary (0/255), all slices.
+8-bit slice sources are taken as they are (their intensity mapping was chosen by whoever
+made them: for the thesis slices, HU clipped to 0..255). Mixing them with HU sources is only
+allowed when the HU sources get the same mapping: faithful mode or hu_window=(0, 255).
+Non-square slices are stretched to S x S (as the thesis did); the manifest says so.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..io import atomic_dir, atomic_write_json, config_hash, read_json, sha256_file
+from ..progress import bar
+from .readers import DEFAULT_MASK_THRESHOLD, Source, Volume, open_source
+
+CACHE_VERSION = 1
+DEFAULT_HU_WINDOW = (-160.0, 240.0)  # abdominal window W400 / L40
+ARRAY_FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy", "sources.npy")
+
+
+# ------------------------------------------------------------------ intensity & resize
+def hu_to_uint8(hu: np.ndarray, faithful: bool, hu_window=DEFAULT_HU_WINDOW) -> np.ndarray:
+    """Map HU to 8 bits: clip to [0, 255] and truncate (faithful) or a linear window."""
+    if faithful:
+        return np.clip(hu, 0, 255).astype(np.uint8)
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+    scaled = (hu.astype(np.float32) - lo) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _resize(slice2d: np.ndarray, size: int, method: str) -> np.ndarray:
+    from PIL import Image
+
+    if slice2d.shape == (size, size):
+        return np.ascontiguousarray(slice2d)
+    resample = Image.Resampling.BILINEAR if method == "bilinear" else Image.Resampling.NEAREST
+    return np.asarray(Image.fromarray(np.ascontiguousarray(slice2d)).resize((size, size),
+                                                                            resample))
+
+
+def convert_volume(vol: Volume, size: int, faithful: bool, hu_window) -> tuple:
+    """One Volume -> (images uint8 (S, size, size) or None, masks uint8 (S, size, size))."""
+    n = vol.n_slices
+    if vol.image is None:
+        images = None
+    else:
+        if vol.intensity == "8bit":
+            img8 = vol.image.astype(np.uint8, copy=False)
+        else:
+            img8 = hu_to_uint8(vol.image, faithful, hu_window)
+        images = np.empty((n, size, size), dtype=np.uint8)
+        for k in range(n):
+            images[k] = _resize(img8[:, :, k], size, "bilinear")
+    masks = np.empty((n, size, size), dtype=np.uint8)
+    if faithful:
+        soft = vol.soft_label if vol.soft_label is not None else vol.label * np.uint8(255)
+        for k in range(n):
+            masks[k] = _resize(soft[:, :, k], size, "bilinear")
+    else:
+        binary = vol.label * np.uint8(255)
+        for k in range(n):
+            masks[k] = _resize(binary[:, :, k], size, "nearest")
+    return images, masks
+
+
+# ------------------------------------------------------------------------ preprocess
+def _as_inputs(input) -> list[Path]:
+    if isinstance(input, (str, os.PathLike)):
+        return [Path(input)]
+    if isinstance(input, (list, tuple)):
+        if not input:
+            raise ConfigError("no input given", None, "give at least one input folder")
+        return [Path(p) for p in input]
+    raise ConfigError(f"input must be a path or a list of paths, got {type(input).__name__}")
+
+
+def _check_params(size, faithful, hu_window, mask_threshold):
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
+        raise ConfigError(f"size must be an integer >= 8, got {size!r}", None,
+                          "use e.g. size=256 (the thesis's size)")
+    if hu_window is not None:
+        try:
+            lo, hi = (float(v) for v in hu_window)
+        except (TypeError, ValueError):
+            raise ConfigError(f"hu_window must be two numbers (low, high), got {hu_window!r}",
+                              None, "e.g. hu_window=(-160, 240)") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ConfigError(f"hu_window low must be below high, got {hu_window!r}", None,
+                              "e.g. hu_window=(-160, 240)")
+        if faithful:
+            raise ConfigError("hu_window cannot be combined with faithful mode (faithful clips "
+                              "HU to [0, 255] exactly as the thesis did)", None,
+                              "drop hu_window, or drop faithful")
+        hu_window = (lo, hi)
+    if not 0 <= int(mask_threshold) < 255:
+        raise ConfigError(f"mask_threshold must be in 0..254, got {mask_threshold!r}")
+    return hu_window
+
+
+def _params(size, faithful, label_id, labels_only, hu_window, export_png, mask_threshold,
+            any_hu, any_8bit):
+    mode = "faithful" if faithful else "standard"
+    p = {
+        "cache_version": CACHE_VERSION,
+        "mode": mode,
+        "size": int(size),
+        "label_id": None if label_id is None else int(label_id),
+        "labels_only": bool(labels_only),
+        "export_png": bool(export_png) and not labels_only,
+        "mask_threshold": int(mask_threshold),
+        "orientation": "thesis (MSD data[:, :, k], no rotation; DICOM: both axes reversed, "
+                       "then transposed)",
+        "aspect": "stretched to size x size",
+        "slices_kept": "all",
+    }
+    if not labels_only:
+        if any_hu:
+            p["hu_mapping"] = ("clip HU to [0, 255], truncate to uint8" if faithful else
+                               f"linear window {list(hu_window)} HU -> 0..255")
+            p["hu_window"] = [0.0, 255.0] if faithful else list(hu_window)
+        if any_8bit:
+            p["slice_intensity"] = "8-bit slices taken as they are (no window applied)"
+        p["image_resize"] = "bilinear (PIL, antialiased when downsampling)"
+        p["mask_resize"] = ("bilinear, soft masks kept (mask*255, not re-binarised)" if faithful
+                            else "nearest neighbour, binary 0/255")
+    return p
+
+
+def _input_record(src: Source, hashes: bool = True) -> dict:
+    files = src.files()
+    rec = {"format": src.fmt, "cases": list(src.cases), "intensity": src.intensity,
+           "synthetic": bool(src.synthetic)}
+    if hashes:
+        root = src.path
+        table = {}
+        for f in files:
+            try:
+                rel = str(Path(f).relative_to(root))
+            except ValueError:
+                rel = str(f)
+            table[rel] = sha256_file(f)
+        rec["sha256"] = table
+    return rec
+
+
+def _summary(manifest: dict, out: Path, reused: bool) -> dict:
+    counts = manifest["counts"]
+    out_dict = {"cases": counts["cases"], "slices": counts["slices"],
+                "positive_slices": counts["positive_slices"], "out": str(out),
+                "reused": reused}
+    if manifest["params"].get("labels_only"):
+        out_dict["per_case"] = manifest["per_case"]
+    return out_dict
+
+
+def preprocess(input, out, fmt: str = "auto", size: int = 256, faithful: bool = False,
+               label_id: int | None = None, labels_only: bool = False,
+               hu_window: Sequence[float] | None = None, export_png: bool = False,
+               mask_threshold: int = DEFAULT_MASK_THRESHOLD) -> dict:
+    """Convert one input folder (or a list of them, merged) into a slice cache at `out`.
+
+    Returns `{"cases", "slices", "positive_slices", "out", "reused"}` (labels-only mode adds
+    `per_case` and writes `inventory.json` instead of arrays). An up-to-date cache at `out`
+    (same parameters, same input checksums) is reused; a different one is an error.
+    """
+    inputs = _as_inputs(input)
+    hu_window = _check_params(size, faithful, hu_window, mask_threshold)
+    out = Path(out)
+    sources = [open_source(p, fmt, label_id=label_id, labels_only=labels_only,
+                           mask_threshold=mask_threshold) for p in inputs]
+    seen: dict[str, Path] = {}
+    for src in sources:
+        for case in src.cases:
+            if case in seen:
+                raise DataError(f"same case twice: {case!r} is in {seen[case]} and in "
+                                f"{src.path}", src.path,
+                                "give each case once (remove one input or rename the case)")
+            seen[case] = src.path
+    any_8bit = any(s.intensity == "8bit" for s in sources)
+    any_hu = any(s.intensity == "hu" for s in sources)
+    if hu_window is None and not faithful:
+        hu_window = DEFAULT_HU_WINDOW
+    if any_8bit and any_hu and not labels_only and not faithful \
+            and tuple(hu_window) != (0.0, 255.0):
+        raise ConfigError(
+            f"cannot mix 8-bit slices (HU clipped to 0..255 by their author) with HU sources "
+            f"windowed to {list(hu_window)}: the two would not match", None,
+            "use hu_window=(0,255) (CLI: --hu-window 0 255) or faithful mode")
+
+    params = _params(size, faithful, label_id, labels_only, hu_window, export_png,
+                     mask_threshold, any_hu, any_8bit)
+    records = [_input_record(s) for s in sources]
+    fingerprint = config_hash({"params": params,
+                               "inputs": [{k: r[k] for k in ("format", "sha256")}
+                                          for r in records]}, length=16)
+
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            pass  # an empty folder is not a result: it is replaced once the cache is built
+        else:
+            manifest_path = out / "manifest.json"
+            if not manifest_path.is_file():
+                raise DataError("output folder exists and is not a kdlib cache", out,
+                                "choose another output folder (nothing is ever overwritten)")
+            manifest = read_json(manifest_path)
+            if manifest.get("fingerprint") != fingerprint:
+                raise ConfigError("a cache made with different parameters or inputs already "
+                                  "exists here", out,
+                                  "choose another output folder (caches are never "
+                                  "overwritten)")
+            needed = ["inventory.json"] if labels_only else list(ARRAY_FILES)
+            missing = [n for n in needed if not (out / n).is_file()]
+            if missing:
+                raise DataError(f"incomplete cache (missing {', '.join(missing)})", out,
+                                "delete the folder and run preprocess again")
+            return _summary(manifest, out, reused=True)
+
+    t0 = time.time()
+    images, masks, case_ids, slice_idx, source_names, per_case = [], [], [], [], [], []
+    total = sum(len(s) for s in sources)
+    progress = bar(total=total, desc="preprocess" if not labels_only else "inventory")
+    try:
+        for src in sources:
+            for vol in src.volumes():
+                row = {"case_id": vol.case_id, "source": vol.source, "slices": vol.n_slices,
+                       "positive_slices": vol.positive_slices,
+                       "shape": [int(v) for v in vol.label.shape],
+                       "spacing": [round(float(v), 4) for v in vol.spacing],
+                       "intensity": vol.intensity}
+                if "gif_ranges" in vol.extra:
+                    row["gif_ranges"] = vol.extra["gif_ranges"]
+                per_case.append(row)
+                if not labels_only:
+                    im, mk = convert_volume(vol, int(size), faithful, hu_window)
+                    images.append(im)
+                    masks.append(mk)
+                    case_ids += [vol.case_id] * vol.n_slices
+                    slice_idx.append(np.asarray(vol.slice_index, dtype=np.int64))
+                    source_names += [vol.source] * vol.n_slices
+                progress.update(1)
+    finally:
+        progress.close()
+
+    counts = {"cases": len(per_case), "slices": sum(r["slices"] for r in per_case),
+              "positive_slices": sum(r["positive_slices"] for r in per_case)}
+    synthetic = any(r["synthetic"] for r in records)
+    manifest = {
+        "kind": "kdlib slice cache" if not labels_only else "kdlib label inventory",
+        "fingerprint": fingerprint,
+        "params": params,
+        "inputs": [dict(r, path=str(s.path.resolve())) for r, s in zip(records, sources)],
+        "counts": counts,
+        "per_case": per_case,
+        "synthetic": synthetic,
+        "slice_index_note": "msd/nifti: NIfTI slice k; dicom: position in patient order "
+                            "(0 = lowest z); thesis-layout PNG: the slice number in the name; "
+                            "GIF frames spleen_<c>_<first>_<c>_<last>_fNN: frame number NN "
+                            "(not the MSD slice; see per_case gif_ranges)",
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - t0, 2),
+    }
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    with atomic_dir(out) as tmp:
+        if labels_only:
+            atomic_write_json(tmp / "inventory.json", {"counts": counts, "per_case": per_case,
+                                                       "synthetic": synthetic})
+        else:
+            n = counts["slices"]
+            arr_images = np.concatenate(images) if images else np.zeros((0, size, size), np.uint8)
+            arr_masks = np.concatenate(masks) if masks else np.zeros((0, size, size), np.uint8)
+            np.save(tmp / "images.npy", arr_images)
+            np.save(tmp / "masks.npy", arr_masks)
+            np.save(tmp / "case_ids.npy", np.asarray(case_ids, dtype=str).reshape(n))
+            np.save(tmp / "slice_index.npy",
+                    np.concatenate(slice_idx) if slice_idx else np.zeros(0, np.int64))
+            np.save(tmp / "sources.npy", np.asarray(source_names, dtype=str).reshape(n))
+            if export_png:
+                _export_png(tmp / "png", arr_images, arr_masks, case_ids,
+                            np.concatenate(slice_idx) if slice_idx else [])
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return _summary(manifest, out, reused=False)
+
+
+def _export_png(folder: Path, images, masks, case_ids, slice_idx) -> None:
+    """QC export: png/images/<case>_<slice:04d>.png (zero-padded: slice 10 sorts after 9)."""
+    from PIL import Image
+
+    width = max(4, len(str(int(max(slice_idx, default=0)))))
+    for sub, arr in (("images", images), ("masks", masks)):
+        (folder / sub).mkdir(parents=True)
+        for k in range(len(arr)):
+            name = f"{case_ids[k]}_{int(slice_idx[k]):0{width}d}.png"
+            Image.fromarray(arr[k]).save(folder / sub / name)
+
+
+# ---------------------------------------------------------------------- loading
+class SliceCache:
+    """A slice cache held in memory: `.images`, `.masks` uint8 (N, S, S), `.case_ids`,
+    `.slice_index`, `.sources` (N,), `.manifest` (dict), `.cases` (sorted unique case ids)."""
+
+    def __init__(self, path, images, masks, case_ids, slice_index, sources, manifest):
+        self.path = Path(path)
+        self.images, self.masks = images, masks
+        self.case_ids, self.slice_index, self.sources = case_ids, slice_index, sources
+        self.manifest = manifest
+        self.cases = sorted(set(case_ids.tolist()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SliceCache":
+        path = Path(path)
+        if not (path / "manifest.json").is_file():
+            raise DataError("not a slice cache (no manifest.json)", path,
+                            "run `python -m kdlib preprocess --input ... --out DIR` first")
+        manifest = read_json(path / "manifest.json")
+        if manifest.get("params", {}).get("labels_only"):
+            raise DataError("this is a labels-only inventory, not a slice cache", path,
+                            "run preprocess without labels_only to build a cache")
+        arrays = {}
+        for name in ARRAY_FILES:
+            f = path / name
+            if not f.is_file():
+                if name == "sources.npy":
+                    continue
+                raise DataError(f"incomplete cache (missing {name})", path,
+                                "delete the folder and run preprocess again")
+            try:
+                arrays[name] = np.load(f, allow_pickle=False)
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(f"cannot read {name} ({exc})", f,
+                                "delete the cache folder and run preprocess again") from None
+        n = len(arrays["case_ids.npy"])
+        sources = arrays.get("sources.npy", np.asarray(["?"] * n))
+        if not (len(arrays["images.npy"]) == len(arrays["masks.npy"]) == n
+                == len(arrays["slice_index.npy"]) == len(sources)):
+            raise DataError("cache arrays have different lengths", path,
+                            "delete the folder and run preprocess again")
+        return cls(path, arrays["images.npy"], arrays["masks.npy"], arrays["case_ids.npy"],
+                   arrays["slice_index.npy"], sources, manifest)
+
+    def __len__(self) -> int:
+        return int(len(self.case_ids))
+
+    def __repr__(self) -> str:
+        return (f"SliceCache({str(self.path)!r}, slices={len(self)}, cases={len(self.cases)}, "
+                f"size={self.size}, synthetic={self.synthetic})")
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1]) if self.images.ndim == 3 else 0
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.manifest.get("synthetic", False))
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest.get("fingerprint", ""))
+
+    @property
+    def positive(self) -> np.ndarray:
+        """Boolean (N,): slices whose mask has spleen (mask >= 128 somewhere)."""
+        return (self.masks >= 128).any(axis=(1, 2))
+
+    def indices_of(self, cases: Iterable[str]) -> np.ndarray:
+        """Sorted cache indices of all slices of the given cases."""
+        return np.flatnonzero(np.isin(self.case_ids, list(cases)))
+
+
+def _load_cache(cache) -> SliceCache:
+    return cache if isinstance(cache, SliceCache) else SliceCache.load(cache)
+
+
+# ---------------------------------------------------------------------- torch dataset
+_DATASET_CLASS = None
+
+
+def _make_dataset_class():
+    global _DATASET_CLASS
+    if _DATASET_CLASS is not None:
+        return _DATASET_CLASS
+    import torch
+    from torch.utils.data import Dataset
+
+    class SliceDataset(Dataset):
+        """Slices of a SliceCache served straight from memory (no decoding per epoch).
+
+        Item i -> (image float32 (3, S, S) in [0, 1], 3 identical channels; mask float32
+        (1, S, S) = masks/255; the cache index (int) of the slice).
+        """
+
+        def __init__(self, cache, indices=None):
+            self.cache = _load_cache(cache)
+            n = len(self.cache)
+            idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+            if idx.ndim != 1:
+                raise ConfigError("indices must be a 1D list of slice indices")
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise ConfigError(f"slice index out of range for a cache of {n} slices", None,
+                                  "the split was made for another cache; make a new split")
+            self.indices = idx
+
+        def __len__(self):
+            return int(self.indices.size)
+
+        def __getitem__(self, i):
+            k = int(self.indices[i])
+            img = torch.from_numpy(self.cache.images[k]).to(torch.float32).div_(255.0)
+            mask = torch.from_numpy(self.cache.masks[k]).to(torch.float32).div_(255.0)
+            return img.unsqueeze(0).repeat(3, 1, 1), mask.unsqueeze(0), k
+
+        def __getitems__(self, positions):
+            """Batched fetch used by DataLoader: one vectorised uint8 -> float conversion
+            per batch instead of one per slice. The 3 channels are an `expand` view here;
+            the DataLoader's collate turns them into an ordinary contiguous batch."""
+            ks = self.indices[np.asarray(positions, dtype=np.int64)]
+            imgs = torch.div(torch.from_numpy(self.cache.images[ks]), 255.0)  # float32
+            masks = torch.div(torch.from_numpy(self.cache.masks[ks]), 255.0)
+            return [(imgs[j].unsqueeze(0).expand(3, -1, -1), masks[j].unsqueeze(0), int(k))
+                    for j, k in enumerate(ks)]
+
+    SliceDataset.__module__ = __name__
+    SliceDataset.__qualname__ = "SliceDataset"  # picklable (spawned DataLoader workers)
+    _DATASET_CLASS = SliceDataset
+    return SliceDataset
+
+
+def __getattr__(name):  # PEP 562: build the torch class only when it is asked for
+    if name == "SliceDataset":
+        return _make_dataset_class()
+    raise AttributeError(name)

@@ -1,0 +1,832 @@
+"""Readers for every supported data source, each yielding `Volume` records.
+
+All readers return slices in the *thesis orientation*: the orientation of an MSD NIfTI
+array sliced as `data[:, :, k]` (no rotation). Sources stored differently (3D-IRCADb DICOM)
+are turned into that orientation here, so everything downstream sees one orientation.
+
+Supported sources
+- ``msd``: an MSD task folder (`dataset.json`, `imagesTr/`, `labelsTr/`, NIfTI). With
+  ``labels_only=True`` only the label volumes are read (``Volume.image is None``).
+- ``slices``: folders of 2D 8-bit slices, either the thesis's processed layout
+  (`image_spleen_<case>_<slice>.png` + `mask_spleen_<case>_<slice>.png`, anywhere below the
+  folder) or the generic `images/` + `masks/` layout paired by file name (PNG, JPEG, GIF;
+  multi-frame GIFs give one slice per frame). Masks are thresholded (value > 127 is spleen
+  by default). Case ids are parsed from names (see `parse_slice_name`).
+- ``dicom``: 3D-IRCADb layout, `<patient>/PATIENT_DICOM/*` + `<patient>/MASKS_DICOM/spleen/*`,
+  slices ordered by position along the slice normal (ImagePositionPatient), not by name.
+- ``nifti``: a folder holding NIfTI image(s) and label map(s) (`read_nifti_pair` for one
+  explicit pair). Multi-label maps need ``label_id``.
+
+Slice index stored for each slice (``Volume.slice_index``)
+- msd / nifti: the NIfTI slice number k; dicom: the position in patient order (0 = lowest
+  z); thesis layout `image_spleen_<case>_<slice>`: <slice>.
+- GIF frames `spleen_<case>_<first>_<case>_<last>_fNN` (the shared `thesis_slices`): the
+  frame number NN, NOT the MSD slice number (the GIF shows slices <first>..<last> but not one
+  frame per slice, so the MSD slice of a frame is unknown). When one case has several GIF
+  ranges, the frames of later ranges are offset by the frame counts of the earlier ones.
+  The ranges are recorded in ``Volume.extra["gif_ranges"]``.
+
+Every problem with the input raises one `DataError` naming the file and the fix.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import DataError
+
+FORMATS = ("msd", "slices", "dicom", "nifti")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif")
+NIFTI_EXTS = (".nii.gz", ".nii")
+DEFAULT_MASK_THRESHOLD = 127
+
+
+@dataclass
+class Volume:
+    """One case (patient volume or group of 2D slices) in the thesis orientation.
+
+    image: float32 (H, W, S) in HU for CT sources; uint8 (H, W, S) for 8-bit slice sources
+    (``intensity == "8bit"``); None in labels-only mode.
+    label: uint8 (H, W, S), 0/1.
+    soft_label: for 8-bit slice sources, the grey mask values 0..255 before thresholding
+    (used by faithful mode, which keeps soft masks); None otherwise.
+    """
+
+    case_id: str
+    image: np.ndarray | None
+    label: np.ndarray
+    source: str
+    spacing: tuple
+    slice_index: np.ndarray
+    intensity: str = "hu"
+    path: str = ""
+    soft_label: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.label.shape[2])
+
+    @property
+    def positive(self) -> np.ndarray:
+        """Boolean (S,): which slices contain spleen."""
+        return self.label.any(axis=(0, 1))
+
+    @property
+    def positive_slices(self) -> int:
+        return int(self.positive.sum())
+
+
+# --------------------------------------------------------------------------- helpers
+def natural_key(text: str) -> list:
+    """Sort key so that `spleen_2` < `spleen_10` and `image_9` < `image_10`."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def _visible(paths) -> list[Path]:
+    """Regular files whose name does not start with '.' (drops macOS `._*` companions)."""
+    return [p for p in paths if p.is_file() and not p.name.startswith(".")]
+
+
+def nifti_stem(path: str | Path) -> str:
+    name = Path(path).name
+    for ext in NIFTI_EXTS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_EXTS) and not path.name.startswith(".")
+
+
+def check_finite(array: np.ndarray, path, what: str = "image") -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise DataError(f"{what} has {bad} NaN or infinite voxel(s)", path,
+                        "fix or remove the file (kdlib does not guess values for missing voxels)")
+
+
+def binary_label(array: np.ndarray, path, label_id: int | None = None) -> np.ndarray:
+    """Turn a label array into uint8 0/1.
+
+    Accepted without ``label_id``: values in {0, 1} or in {0, 255} (8-bit masks). Any other
+    set of values is a multi-label map (or a broken mask), which needs ``label_id``.
+    """
+    check_finite(array, path, "label map")
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise DataError("label map has non-integer values", path,
+                        "labels must be integer ids (0 = background); re-export the label map")
+    if label_id is not None:
+        return (array == label_id).astype(np.uint8)
+    if array.size == 0:
+        return array.astype(np.uint8)
+    lo, hi = array.min(), array.max()
+    if lo >= 0 and hi <= 1:
+        return array.astype(np.uint8, copy=False)
+    if lo >= 0 and hi == 255 and bool(((array == 0) | (array == 255)).all()):
+        return (array == 255).astype(np.uint8)
+    values = np.unique(array)
+    shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if values.size > 8 else "")
+    raise DataError(
+        f"label values are not binary ({values.size} values: {shown}); "
+        "a multi-label map needs label_id", path,
+        "pass label_id (CLI: --label-id N) with the spleen's label id, e.g. 1 for MSD and "
+        "TotalSegmentator")
+
+
+def _load_nifti(path: Path, kind: str):
+    """Open a NIfTI file and return (array, spacing); DataError for unreadable files."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        if kind == "image":
+            data = img.get_fdata(dtype=np.float32, caching="unchanged")
+        else:
+            data = np.asarray(img.dataobj)
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except FileNotFoundError:
+        raise DataError("file not found", path, "check the path") from None
+    except Exception as exc:  # noqa: BLE001 - gzip/zlib/nibabel raise many types
+        raise DataError(f"cannot read NIfTI {kind} ({type(exc).__name__}: {exc}); the file is "
+                        "corrupt or truncated", path,
+                        "re-download or re-export the file") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise DataError(f"expected a 3D {kind} volume, got shape {data.shape}", path,
+                        "give one 3D volume per file")
+    return data, spacing
+
+
+def _nifti_volume(case_id, image_path, label_path, label_id, labels_only, source) -> Volume:
+    label_raw, spacing = _load_nifti(label_path, "label map")
+    image = None
+    if not labels_only:
+        image, spacing = _load_nifti(image_path, "image")
+        if image.shape != label_raw.shape:
+            raise DataError(f"image has shape {image.shape} but its label map "
+                            f"{Path(label_path).name} has shape {label_raw.shape}", image_path,
+                            "image and label must come from the same scan (same voxel grid)")
+        check_finite(image, image_path, "image")
+    label = binary_label(label_raw, label_path, label_id)
+    return Volume(case_id=case_id, image=image, label=label, source=source, spacing=spacing,
+                  slice_index=np.arange(label.shape[2]), intensity="hu",
+                  path=str(image_path if not labels_only else label_path))
+
+
+# --------------------------------------------------------------------------- sources
+class Source:
+    """A discovered input: knows its format, case ids and files before reading pixels."""
+
+    fmt = "?"
+    intensity = "hu"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.cases: list[str] = []
+        self.synthetic = False
+
+    def files(self) -> list[Path]:
+        raise NotImplementedError
+
+    def volumes(self) -> Iterator[Volume]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Volume]:
+        return self.volumes()
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+
+def _check_unique(cases: list[str], where: Path) -> None:
+    seen = set()
+    for case in cases:
+        if case in seen:
+            raise DataError(f"same case twice: {case!r}", where,
+                            "each case may appear only once; remove the duplicate")
+        seen.add(case)
+
+
+class MSDSource(Source):
+    fmt = "msd"
+
+    def __init__(self, path, label_id=None, labels_only=False):
+        super().__init__(path)
+        root = self.path
+        self.label_id, self.labels_only = label_id, labels_only
+        meta = {}
+        ds = root / "dataset.json"
+        if ds.exists():
+            try:
+                meta = json.loads(ds.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DataError(f"dataset.json is not valid JSON ({exc})", ds,
+                                "restore the file from the MSD download") from None
+        self.meta = meta
+        self.synthetic = bool(meta.get("synthetic", False))
+        pairs: dict[str, tuple[Path, Path]] = {}
+        if isinstance(meta.get("training"), list) and meta["training"]:
+            for entry in meta["training"]:
+                try:
+                    img, lbl = root / entry["image"], root / entry["label"]
+                except (TypeError, KeyError):
+                    raise DataError("dataset.json 'training' entries need 'image' and 'label'",
+                                    ds, "restore the file from the MSD download") from None
+                case = nifti_stem(img)
+                if case in pairs:
+                    raise DataError(f"same case twice: {case!r}", ds, "remove the duplicate entry")
+                pairs[case] = (img, lbl)
+        else:
+            images = {nifti_stem(p): p for p in _visible((root / "imagesTr").glob("*"))
+                      if _is_nifti(p)} if (root / "imagesTr").is_dir() else {}
+            labels = {nifti_stem(p): p for p in _visible((root / "labelsTr").glob("*"))
+                      if _is_nifti(p)} if (root / "labelsTr").is_dir() else {}
+            for case in set(images) | set(labels):
+                pairs[case] = (images.get(case, root / "imagesTr" / f"{case}.nii.gz"),
+                               labels.get(case, root / "labelsTr" / f"{case}.nii.gz"))
+        if not pairs:
+            raise DataError("no cases found (no NIfTI files in imagesTr/ or labelsTr/, and no "
+                            "'training' list in dataset.json)", root,
+                            "point the input at an MSD task folder such as Task09_Spleen")
+        if not labels_only and not (root / "imagesTr").is_dir():
+            raise DataError("no imagesTr/ folder (this folder has label volumes only)", root,
+                            "use labels_only=True (CLI: --labels-only) for an inventory, or "
+                            "download the images with `python -m kdlib download`")
+        for case, (img, lbl) in sorted(pairs.items()):
+            if not lbl.is_file():
+                raise DataError("image without its mask (no label volume "
+                                f"labelsTr/{lbl.name})", img if img.is_file() else lbl,
+                                "add the label volume or remove the case")
+            if not labels_only and not img.is_file():
+                raise DataError(f"label volume without its image (no imagesTr/{img.name})", lbl,
+                                "add the image volume, remove the case, or use labels_only")
+        self.pairs = pairs
+        self.cases = sorted(pairs, key=natural_key)
+
+    def files(self):
+        out = []
+        if (self.path / "dataset.json").exists():
+            out.append(self.path / "dataset.json")
+        for case in self.cases:
+            img, lbl = self.pairs[case]
+            if not self.labels_only:
+                out.append(img)
+            out.append(lbl)
+        return out
+
+    def volumes(self):
+        for case in self.cases:
+            img, lbl = self.pairs[case]
+            yield _nifti_volume(case, img, lbl, self.label_id, self.labels_only, "msd")
+
+
+def _label_like(path: Path) -> bool:
+    tokens = re.split(r"[_\-.]", nifti_stem(path).lower())
+    return any(t in ("seg", "segs", "label", "labels", "mask", "masks", "gt", "segmentation")
+               for t in tokens)
+
+
+def _pair_key(path: Path, label: bool) -> str:
+    drop = ({"seg", "segs", "label", "labels", "mask", "masks", "gt", "segmentation"} if label
+            else {"ct", "img", "image", "0000"})
+    tokens = [t for t in re.split(r"[_\-.]", nifti_stem(path).lower()) if t not in drop]
+    return "_".join(tokens)
+
+
+class NiftiSource(Source):
+    """Folder of NIfTI image(s) + label map(s), or one explicit (image, label) pair."""
+
+    fmt = "nifti"
+
+    def __init__(self, path, label_id=None, labels_only=False, pair=None):
+        super().__init__(path)
+        self.label_id, self.labels_only = label_id, labels_only
+        if pair is not None:
+            pairs = [tuple(Path(p) for p in pair)]
+            for p in pairs[0]:
+                if not p.is_file():
+                    raise DataError("file not found", p, "check the path")
+        else:
+            files = sorted((p for p in _visible(self.path.iterdir()) if _is_nifti(p)),
+                           key=lambda p: natural_key(p.name))
+            if not files:
+                raise DataError("no NIfTI files (.nii / .nii.gz) in this folder", self.path,
+                                "point the input at a folder with an image and its label map")
+            labels = [p for p in files if _label_like(p)]
+            images = [p for p in files if not _label_like(p)]
+            if not labels:
+                raise DataError("image without its mask (no label map found: label files need "
+                                "'seg', 'label' or 'mask' in the name)", images[0],
+                                "add the label map, e.g. <name>_seg.nii.gz")
+            if not images:
+                raise DataError("label map without its image", labels[0],
+                                "add the CT image next to it")
+            if len(images) == 1 and len(labels) == 1:
+                pairs = [(images[0], labels[0])]
+            else:
+                lab_by_key = {}
+                for p in labels:
+                    lab_by_key.setdefault(_pair_key(p, True), []).append(p)
+                pairs, used = [], set()
+                for img in images:
+                    match = lab_by_key.get(_pair_key(img, False), [])
+                    if len(match) != 1:
+                        raise DataError("image without its mask (no label map with a matching "
+                                        "name)" if not match else "image matches several label "
+                                        "maps", img, "name label maps <image>_seg.nii.gz")
+                    pairs.append((img, match[0]))
+                    used.add(match[0])
+                for p in labels:
+                    if p not in used:
+                        raise DataError("label map without its image", p,
+                                        "add the image or remove the label map")
+        self.pairs = {nifti_stem(img): (img, lbl) for img, lbl in pairs}
+        self.cases = list(self.pairs)
+
+    def files(self):
+        out = []
+        for case in self.cases:
+            img, lbl = self.pairs[case]
+            out += [lbl] if self.labels_only else [img, lbl]
+        return out
+
+    def volumes(self):
+        for case in self.cases:
+            img, lbl = self.pairs[case]
+            yield _nifti_volume(case, img, lbl, self.label_id, self.labels_only, "nifti")
+
+
+# ------------------------------------------------------------------------ 2D slices
+_RE_GIF_FRAME = re.compile(r"^(?P<case>[A-Za-z]+_(?P<num>\d+))_(?P<first>\d+)_(?P=num)_"
+                           r"(?P<last>\d+)_f(?P<frame>\d+)$")
+_RE_GIF_FILE = re.compile(r"^(?P<case>[A-Za-z]+_(?P<num>\d+))_(?P<first>\d+)_(?P=num)_"
+                          r"(?P<last>\d+)$")
+_RE_CASE_SLICE = re.compile(r"^(?P<case>.+?_\d+)_(?P<slice>\d+)$")
+_RE_ANY_SLICE = re.compile(r"^(?P<case>.+?)_(?P<slice>\d+)$")
+
+
+def parse_slice_name(stem: str) -> dict:
+    """Case id and position of a 2D slice from its file name (without extension/prefix).
+
+    - `spleen_22_40_22_70_f03`  -> case `spleen_22`, GIF range (40, 70), frame 3
+    - `spleen_22_40_22_70`      -> case `spleen_22`, GIF range (40, 70), frames inside file
+    - `spleen_3_10`             -> case `spleen_3`, slice 10 (thesis layout)
+    - `patient7_12`             -> case `patient7`, slice 12
+    - anything else             -> case = the whole name, one case per file
+    """
+    m = _RE_GIF_FRAME.match(stem)
+    if m:
+        return {"case": m["case"], "range": (int(m["first"]), int(m["last"])),
+                "frame": int(m["frame"]), "slice": None}
+    m = _RE_GIF_FILE.match(stem)
+    if m:
+        return {"case": m["case"], "range": (int(m["first"]), int(m["last"])), "frame": None,
+                "slice": None}
+    m = _RE_CASE_SLICE.match(stem) or _RE_ANY_SLICE.match(stem)
+    if m:
+        return {"case": m["case"], "range": None, "frame": None, "slice": int(m["slice"])}
+    return {"case": stem, "range": None, "frame": None, "slice": None}
+
+
+def _read_2d(path: Path, kind: str) -> list[np.ndarray]:
+    """All frames of an 8-bit image file as uint8 (H, W) arrays."""
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(path) as im:
+            frames = []
+            for frame in ImageSequence.Iterator(im):
+                if frame.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                    raise DataError(f"{kind} is a 16-bit or float image (mode {frame.mode}); "
+                                    "only 8-bit slices are supported", path,
+                                    "export 8-bit slices, or convert the CT volume instead")
+                frames.append(np.asarray(frame.convert("L"), dtype=np.uint8).copy())
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError("file not found", path, "check the path") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+        raise DataError(f"cannot read {kind} ({type(exc).__name__}: {exc}); the file is corrupt "
+                        "or truncated", path, "re-export or remove the slice") from None
+    return frames
+
+
+class SlicesSource(Source):
+    fmt = "slices"
+    intensity = "8bit"
+
+    def __init__(self, path, labels_only=False, mask_threshold=DEFAULT_MASK_THRESHOLD):
+        super().__init__(path)
+        self.labels_only, self.mask_threshold = labels_only, int(mask_threshold)
+        root = self.path
+        entries = []  # (name key, image path, mask path)
+        if (root / "images").is_dir() and (root / "masks").is_dir():
+            self.layout = "images+masks"
+            imgs = self._by_stem(root / "images")
+            msks = self._by_stem(root / "masks")
+            for stem in sorted(set(imgs) | set(msks), key=natural_key):
+                if stem not in msks:
+                    raise DataError("image without its mask", imgs[stem],
+                                    f"add masks/{imgs[stem].name} or remove the image")
+                if stem not in imgs:
+                    raise DataError("mask without its image", msks[stem],
+                                    f"add images/{msks[stem].name} or remove the mask")
+                entries.append((stem, imgs[stem], msks[stem]))
+        else:
+            self.layout = "thesis"
+            imgs, msks = {}, {}
+            for p in _visible(root.rglob("*")):
+                if p.suffix.lower() not in IMAGE_EXTS:
+                    continue
+                for prefix, table in (("image_", imgs), ("mask_", msks)):
+                    if p.name.startswith(prefix):
+                        key = p.stem[len(prefix):]
+                        if key in table:
+                            raise DataError(f"two files for slice {key!r} ({table[key]} and "
+                                            f"this one)", p, "remove one of them")
+                        table[key] = p
+            if not imgs and not msks:
+                raise DataError("no 2D slices found (expected images/ + masks/ folders or "
+                                "image_<case>_<slice>.png + mask_<case>_<slice>.png files)",
+                                root, "point the input at a folder of slices")
+            for key in sorted(set(imgs) | set(msks), key=natural_key):
+                if key not in msks:
+                    raise DataError("image without its mask", imgs[key],
+                                    f"add mask_{key}.png or remove the image")
+                if key not in imgs:
+                    raise DataError("mask without its image", msks[key],
+                                    f"add image_{key}.png or remove the mask")
+                entries.append((key, imgs[key], msks[key]))
+        if not entries:
+            raise DataError("empty folder: no image/mask pairs", root,
+                            "add slices (PNG, JPEG or GIF) to images/ and masks/")
+        groups: dict[str, list] = {}
+        for key, img, msk in entries:
+            info = parse_slice_name(key)
+            groups.setdefault(info["case"], []).append((info, img, msk))
+        self.groups = groups
+        self.cases = sorted(groups, key=natural_key)
+
+    @staticmethod
+    def _by_stem(folder: Path) -> dict[str, Path]:
+        table: dict[str, Path] = {}
+        for p in sorted(_visible(folder.iterdir())):
+            if p.suffix.lower() not in IMAGE_EXTS:
+                continue
+            if p.stem in table:
+                raise DataError(f"two files with the name {p.stem!r} ({table[p.stem].name} and "
+                                f"{p.name})", p, "keep one file per slice name")
+            table[p.stem] = p
+        return table
+
+    def files(self):
+        out = []
+        for case in self.cases:
+            for _, img, msk in self.groups[case]:
+                out += [msk] if self.labels_only else [img, msk]
+        return out
+
+    def volumes(self):
+        for case in self.cases:
+            yield self._read_case(case)
+
+    def _read_case(self, case: str) -> Volume:
+        items = self.groups[case]
+        # order: GIF range first slice, then frame / slice number, then name
+        def key(item):
+            info = item[0]
+            rng = info["range"][0] if info["range"] else -1
+            pos = info["frame"] if info["frame"] is not None else (info["slice"] or 0)
+            return (rng, pos, natural_key(item[1].name))
+
+        items = sorted(items, key=key)
+        images, masks, index, ranges = [], [], [], []
+        shape = None
+        offset, range_max, cur_range = 0, -1, None
+        for info, img_path, msk_path in items:
+            m_frames = _read_2d(msk_path, "mask")
+            i_frames = None if self.labels_only else _read_2d(img_path, "image")
+            if i_frames is not None and len(i_frames) != len(m_frames):
+                raise DataError(f"image has {len(i_frames)} frame(s) but its mask "
+                                f"{msk_path.name} has {len(m_frames)}", img_path,
+                                "image and mask files must have the same frames")
+            if info["range"] is not None and info["range"] != cur_range:
+                if cur_range is not None:
+                    offset += range_max + 1
+                cur_range, range_max = info["range"], -1
+                ranges.append(list(info["range"]))
+            for f, mask in enumerate(m_frames):
+                image = None if i_frames is None else i_frames[f]
+                if image is not None and image.shape != mask.shape:
+                    raise DataError(f"image has size {image.shape} but its mask {msk_path.name} "
+                                    f"has size {mask.shape}", img_path,
+                                    "image and mask must have the same size")
+                if shape is None:
+                    shape = mask.shape
+                elif mask.shape != shape:
+                    raise DataError(f"slice has size {mask.shape} but earlier slices of case "
+                                    f"{case!r} have size {shape}", msk_path,
+                                    "give all slices of one case the same size")
+                if info["frame"] is not None:
+                    pos = info["frame"]
+                elif info["range"] is not None or len(m_frames) > 1:
+                    pos = f
+                elif info["slice"] is not None:
+                    pos = info["slice"]
+                else:
+                    pos = len(index)
+                if info["range"] is not None:
+                    range_max = max(range_max, pos)
+                    pos += offset
+                if pos in index:
+                    raise DataError(f"slice {pos} of case {case!r} appears twice", msk_path,
+                                    "remove the duplicate slice")
+                index.append(pos)
+                masks.append(mask)
+                if image is not None:
+                    images.append(image)
+        soft = np.stack(masks, axis=2)
+        label = (soft > self.mask_threshold).astype(np.uint8)
+        image = np.stack(images, axis=2) if images else None
+        extra = {"layout": self.layout, "mask_threshold": self.mask_threshold}
+        if ranges:
+            extra["gif_ranges"] = ranges
+        return Volume(case_id=case, image=image, label=label, source="slices",
+                      spacing=(1.0, 1.0, 1.0), slice_index=np.asarray(index, dtype=np.int64),
+                      intensity="8bit", path=str(items[0][1].parent), soft_label=soft,
+                      extra=extra)
+
+
+# ---------------------------------------------------------------------------- DICOM
+def _dicom_orient(pixels: np.ndarray) -> np.ndarray:
+    """Raw DICOM pixel array (rows, cols) -> thesis orientation: reverse both axes, transpose."""
+    return pixels[::-1, ::-1].T
+
+
+def _stack_oriented(items, dtype) -> np.ndarray:
+    """Sorted series -> (H, W, S) array in the thesis orientation (a view of an (S, H, W)
+    buffer, so each slice [:, :, k] is contiguous)."""
+    rows, cols = items[0][1].shape
+    out = np.empty((len(items), cols, rows), dtype=dtype)
+    for k, item in enumerate(items):
+        out[k] = _dicom_orient(item[1])
+    return out.transpose(1, 2, 0)
+
+
+def load_dicom_series(folder: str | Path, kind: str = "image"):
+    """One DICOM series folder -> (array (H, W, S) in the thesis orientation, sorted by
+    position; float32 HU for kind="image", stored values for kind="mask"), spacing (x, y, z),
+    z positions)."""
+    items = _read_dicom_series(Path(folder), kind)
+    shape = items[0][1].shape
+    for item in items:
+        if item[1].shape != shape:
+            raise DataError(f"slice has size {item[1].shape} but the series has {shape}",
+                            item[2], "all slices of a series must have one size")
+    array = _stack_oriented(items, np.float32 if kind == "image" else items[0][1].dtype)
+    ds = items[0][3]
+    ps = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
+    z = [item[0] for item in items]
+    dz = float(np.median(np.diff(z))) if len(z) > 1 else \
+        float(getattr(ds, "SliceThickness", 1.0) or 1.0)
+    return array, (ps[1], ps[0], dz), z
+
+
+def _read_dicom_series(folder: Path, kind: str, with_pixels: bool = True):
+    """Read every file of a series, sorted by position along the slice normal.
+
+    Returns a list of (position, pixel array or None, path, header, (slope, intercept)); for
+    kind="image" the pixels are float32 HU (rescale applied), masks are left as stored.
+    """
+    import pydicom
+
+    files = sorted(_visible(folder.iterdir()), key=lambda p: natural_key(p.name))
+    if not files:
+        raise DataError(f"empty folder: no DICOM files in this {kind} series", folder,
+                        "point the input at a folder with DICOM slices")
+    items = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(str(path))
+            pixels = None
+            slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+            intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+            if with_pixels:
+                pixels = ds.pixel_array
+                if kind == "image":  # HU = stored value * slope + intercept
+                    pixels = pixels.astype(np.float32)
+                    if slope != 1 or intercept != 0:
+                        pixels = pixels * np.float32(slope) + np.float32(intercept)
+        except Exception as exc:  # noqa: BLE001 - any failure to decode means a bad file
+            raise DataError(f"cannot read DICOM {kind} ({type(exc).__name__}: {exc}); the file "
+                            "is corrupt or truncated", path,
+                            "re-export or replace the file") from None
+        if pixels is not None and pixels.ndim != 2:
+            raise DataError(f"expected one 2D slice per DICOM file, got shape {pixels.shape}",
+                            path, "split multi-frame DICOM files into one file per slice")
+        del ds.PixelData  # keep the header only; the pixels are in `pixels`
+        items.append((_dicom_position(ds, path), pixels, path, ds, (slope, intercept)))
+    items.sort(key=lambda t: t[0])
+    for a, b in zip(items, items[1:]):
+        if abs(a[0] - b[0]) < 1e-4:
+            raise DataError(f"two slices at the same position {a[0]:.3f} ({a[2].name} and "
+                            f"{b[2].name})", b[2], "remove the duplicate slice")
+    return items
+
+
+def _dicom_position(ds, path) -> float:
+    ipp = getattr(ds, "ImagePositionPatient", None)
+    if ipp is not None and len(ipp) == 3:
+        iop = getattr(ds, "ImageOrientationPatient", None)
+        if iop is not None and len(iop) == 6:
+            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+            if np.linalg.norm(normal) > 0:
+                return float(np.dot(np.asarray(ipp, float), normal))
+        return float(ipp[2])
+    for name in ("SliceLocation", "InstanceNumber"):
+        value = getattr(ds, name, None)
+        if value is not None and value != "":
+            return float(value)
+    raise DataError("DICOM slice has no ImagePositionPatient, SliceLocation or InstanceNumber, "
+                    "so it cannot be placed in the series", path,
+                    "re-export the series with position information")
+
+
+class DicomSource(Source):
+    fmt = "dicom"
+
+    def __init__(self, path, labels_only=False, mask_name="spleen"):
+        super().__init__(path)
+        self.labels_only, self.mask_name = labels_only, mask_name
+        root = self.path
+        if (root / "PATIENT_DICOM").is_dir():
+            patients = [root]
+        else:
+            patients = sorted((p for p in root.iterdir() if (p / "PATIENT_DICOM").is_dir()),
+                              key=lambda p: natural_key(p.name)) if root.is_dir() else []
+        if not patients:
+            raise DataError("no DICOM series found (expected <patient>/PATIENT_DICOM/ and "
+                            f"<patient>/MASKS_DICOM/{mask_name}/)", root,
+                            "point the input at a 3D-IRCADb patient folder or its parent")
+        for p in patients:
+            if not (p / "MASKS_DICOM" / mask_name).is_dir():
+                raise DataError(f"image without its mask (no MASKS_DICOM/{mask_name}/ series)",
+                                p / "PATIENT_DICOM", f"add the {mask_name} mask series")
+        self.patients = {p.name: p for p in patients}
+        self.cases = [p.name for p in patients]
+
+    def files(self):
+        out = []
+        for case in self.cases:
+            p = self.patients[case]
+            dirs = [p / "MASKS_DICOM" / self.mask_name]
+            if not self.labels_only:
+                dirs.insert(0, p / "PATIENT_DICOM")
+            for d in dirs:
+                out += sorted(_visible(d.iterdir()), key=lambda q: natural_key(q.name))
+        return out
+
+    def volumes(self):
+        for case in self.cases:
+            yield self._read_case(case)
+
+    def _read_case(self, case: str) -> Volume:
+        p = self.patients[case]
+        mask_dir = p / "MASKS_DICOM" / self.mask_name
+        masks = _read_dicom_series(mask_dir, "mask")
+        images = None
+        if not self.labels_only:
+            images = _read_dicom_series(p / "PATIENT_DICOM", "image")
+            mpos = {round(m[0], 3): m for m in masks}
+            ipos = {round(i[0], 3): i for i in images}
+            for pos, item in ipos.items():
+                if pos not in mpos:
+                    raise DataError(f"image without its mask (no mask slice at position "
+                                    f"{pos:.3f} in MASKS_DICOM/{self.mask_name})", item[2],
+                                    "add the missing mask slice")
+            for pos, item in mpos.items():
+                if pos not in ipos:
+                    raise DataError(f"mask without its image (no image slice at position "
+                                    f"{pos:.3f})", item[2], "remove the extra mask slice")
+        shape = masks[0][1].shape
+        for item in masks + (images or []):
+            if item[1].shape != shape:
+                raise DataError(f"slice has size {item[1].shape} but the series has "
+                                f"{shape}", item[2], "image and mask slices must have one size")
+        label = binary_label(_stack_oriented(masks, masks[0][1].dtype), mask_dir)
+        image = None
+        if images is not None:
+            image = _stack_oriented(images, np.float32)
+            check_finite(image, p / "PATIENT_DICOM", "image")
+        ds = masks[0][3]
+        ps = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
+        dz = float(np.median(np.diff([m[0] for m in masks]))) if len(masks) > 1 else \
+            float(getattr(ds, "SliceThickness", 1.0) or 1.0)
+        return Volume(case_id=case, image=image, label=label, source="dicom",
+                      spacing=(ps[1], ps[0], dz),  # axes swapped by the transpose
+                      slice_index=np.arange(label.shape[2]), intensity="hu",
+                      path=str(p), extra={"z_positions": [round(m[0], 4) for m in masks]})
+
+
+# ---------------------------------------------------------------------------- entry
+def detect_format(path: str | Path) -> str:
+    """Guess the format of an input folder; DataError when it cannot be told."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("input not found", path, "check the path")
+    if path.is_file():
+        if _is_nifti(path):
+            raise DataError("a single NIfTI file is not enough (the label map is needed too)",
+                            path, "give the folder holding the image and its label map")
+        raise DataError("expected a folder, got a file", path,
+                        "give the folder that holds the data")
+    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    if not names:
+        raise DataError("empty folder", path, "point the input at a folder with data")
+    if names & {"dataset.json", "imagesTr", "labelsTr"}:
+        return "msd"
+    if "PATIENT_DICOM" in names or any((path / n / "PATIENT_DICOM").is_dir() for n in names):
+        return "dicom"
+    if {"images", "masks"} <= names:
+        return "slices"
+    if any(_is_nifti(path / n) for n in names):
+        return "nifti"
+    for p in path.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTS and p.name.startswith(("image_", "mask_")):
+            return "slices"
+    subs = [path / n for n in names if (path / n / "dataset.json").is_file()]
+    if len(subs) == 1:
+        return "msd"
+    raise DataError("cannot tell the data format of this folder", path,
+                    "pass fmt= (CLI: --format msd|slices|dicom|nifti)")
+
+
+def open_source(path: str | Path, fmt: str = "auto", label_id: int | None = None,
+                labels_only: bool = False, mask_threshold: int = DEFAULT_MASK_THRESHOLD,
+                mask_name: str = "spleen") -> Source:
+    """Discover an input (format, cases, files) without reading any pixels."""
+    path = Path(path)
+    if fmt in (None, "auto"):
+        fmt = detect_format(path)
+    elif fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r}", None, f"use one of {', '.join(FORMATS)}")
+    elif not path.is_dir():
+        raise DataError("input folder not found" if not path.exists() else
+                        "expected a folder, got a file", path, "check the path")
+    elif not any(not p.name.startswith(".") for p in path.iterdir()):
+        raise DataError("empty folder", path, "point the input at a folder with data")
+    if fmt == "msd":
+        if not (path / "dataset.json").is_file() and not (path / "labelsTr").is_dir():
+            subs = [p for p in path.iterdir() if (p / "dataset.json").is_file()]
+            if len(subs) == 1:
+                path = subs[0]
+        src = MSDSource(path, label_id=label_id, labels_only=labels_only)
+    elif fmt == "slices":
+        src = SlicesSource(path, labels_only=labels_only, mask_threshold=mask_threshold)
+    elif fmt == "dicom":
+        src = DicomSource(path, labels_only=labels_only, mask_name=mask_name)
+    else:
+        src = NiftiSource(path, label_id=label_id, labels_only=labels_only)
+    _check_unique(src.cases, path)
+    return src
+
+
+def read_msd(path, label_id: int | None = None, labels_only: bool = False) -> Iterator[Volume]:
+    """Yield one Volume per case of an MSD task folder (natural case order)."""
+    yield from open_source(path, "msd", label_id=label_id, labels_only=labels_only).volumes()
+
+
+def read_slices(path, mask_threshold: int = DEFAULT_MASK_THRESHOLD,
+                labels_only: bool = False) -> Iterator[Volume]:
+    """Yield one Volume per case (patient) of a folder of 2D 8-bit slices."""
+    yield from open_source(path, "slices", labels_only=labels_only,
+                           mask_threshold=mask_threshold).volumes()
+
+
+def read_dicom(path, mask_name: str = "spleen", labels_only: bool = False) -> Iterator[Volume]:
+    """Yield one Volume per patient of a 3D-IRCADb-style DICOM folder (patient order)."""
+    yield from open_source(path, "dicom", labels_only=labels_only,
+                           mask_name=mask_name).volumes()
+
+
+def read_nifti_pair(image, label, label_id: int | None = None,
+                    labels_only: bool = False) -> Iterator[Volume]:
+    """Yield the one Volume of an explicit NIfTI image + label map pair."""
+    src = NiftiSource(Path(image).parent, label_id=label_id, labels_only=labels_only,
+                      pair=(image, label))
+    yield from src.volumes()
+
+
+def read_any(path, fmt: str = "auto", **kwargs) -> Iterator[Volume]:
+    """Yield Volumes from any supported source (format detected when fmt='auto')."""
+    yield from open_source(path, fmt, **kwargs).volumes()

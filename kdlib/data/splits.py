@@ -1,0 +1,223 @@
+"""Train / validation / test / student splits of a slice cache, saved as JSON.
+
+Modes
+- ``patient`` (default): test patients never appear in training. Without `folds`, a share
+  `test_fraction` of the patients (at least one, at most all but one) is drawn with
+  `numpy.random.default_rng(seed)`; with `folds=K, fold=f` the patients are permuted once
+  with the seed and cut into K near-equal groups, group f is the test set, so every patient is
+  tested exactly once across the K folds. Validation patients (`val_fraction` of the remaining
+  patients, at least one) are drawn from the training patients for model selection; with a
+  single training patient, validation falls back to a random share of its slices
+  (`val_by: "slice"`).
+- ``faithful``: what the thesis did: a random 80/20 split by *slice*
+  (`default_rng(seed).permutation(N)`, the first `round(test_fraction*N)` are the test set),
+  and the test set doubles as validation set (`val == test`).
+
+`student_train` is `student_fraction` of the teacher's training data: whole patients in
+patient mode (falls back to slices, `student_by: "slice"`, with fewer than 2 training
+patients), slices in faithful mode. Every draw is deterministic for a seed.
+
+All index lists are sorted cache indices (python ints).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, KdlibError
+from ..io import atomic_write_json, read_json
+from .cache import SliceCache, _load_cache
+
+INDEX_KEYS = ("train", "val", "test", "student_train")
+REQUIRED_KEYS = INDEX_KEYS + ("mode", "seed", "fold", "folds", "test_cases", "val_cases",
+                              "train_cases")
+
+
+def _sorted_ints(values) -> list[int]:
+    return sorted(int(v) for v in values)
+
+
+def _take(rng: np.random.Generator, items: list, count: int) -> tuple[list, list]:
+    """Split `items` into (chosen `count`, rest), chosen by a permutation from `rng`."""
+    order = rng.permutation(len(items))
+    chosen = [items[i] for i in order[:count]]
+    rest = [items[i] for i in order[count:]]
+    return chosen, rest
+
+
+def _check_fraction(name: str, value: float, low_open: bool = True,
+                    high_open: bool = True) -> float:
+    value = float(value)
+    ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: float = 0.2,
+               val_fraction: float = 0.2, student_fraction: float = 0.5,
+               folds: int | None = None, fold: int | None = None) -> dict:
+    """Split a cache (SliceCache or path) into train/val/test/student_train index lists."""
+    cache = _load_cache(cache)
+    n = len(cache)
+    if n == 0:
+        raise DataError("the cache has no slices", cache.path, "preprocess some data first")
+    if mode not in ("patient", "faithful"):
+        raise ConfigError(f"unknown split mode {mode!r}", None, "use 'patient' or 'faithful'")
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    val_fraction = _check_fraction("val_fraction", val_fraction, low_open=False)
+    student_fraction = _check_fraction("student_fraction", student_fraction, high_open=False)
+    seed = int(seed)
+    extra: dict = {}
+
+    if mode == "faithful":
+        if folds is not None or fold is not None:
+            raise ConfigError("folds/fold are for mode='patient' (the faithful split is one "
+                              "random 80/20 split by slice)", None, "drop folds and fold")
+        perm = np.random.default_rng(seed).permutation(n)
+        n_test = int(round(test_fraction * n))
+        n_test = min(max(n_test, 1), n - 1) if n > 1 else 0
+        test = _sorted_ints(perm[:n_test])
+        train = _sorted_ints(perm[n_test:])
+        val = list(test)
+        n_student = int(round(student_fraction * len(train)))
+        student, _ = _take(np.random.default_rng([seed, 2]), train, n_student)
+        student = _sorted_ints(student)
+        train_cases, val_cases, test_cases, student_cases = (
+            sorted(set(cache.case_ids[idx].tolist())) if idx else []
+            for idx in (train, val, test, student))
+        extra.update(val_by="slice (val == test, as in the thesis)", student_by="slice")
+    else:
+        cases = list(cache.cases)
+        if len(cases) < 2:
+            raise ConfigError(f"a patient split needs at least 2 patients; this cache has "
+                              f"{len(cases)}", None,
+                              "use mode='faithful' (split by slice) or add patients")
+        perm = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+        if folds is not None or fold is not None:
+            if folds is None or fold is None:
+                raise ConfigError("cross-validation needs both folds and fold", None,
+                                  f"e.g. folds={min(3, len(cases))}, fold=0 (then 1, 2, ...)")
+            folds, fold = int(folds), int(fold)
+            if not 2 <= folds <= len(cases):
+                raise ConfigError(f"folds must be in 2..{len(cases)} (the number of "
+                                  f"patients), got {folds}")
+            if not 0 <= fold < folds:
+                raise ConfigError(f"fold must be in 0..{folds - 1}, got {fold}")
+            groups = np.array_split(np.arange(len(perm)), folds)
+            test_cases = [perm[i] for i in groups[fold]]
+            pool = [c for c in perm if c not in set(test_cases)]
+        else:
+            n_test = min(len(cases) - 1, max(1, int(round(test_fraction * len(cases)))))
+            test_cases, pool = perm[:n_test], perm[n_test:]
+        sub = 0 if fold is None else fold + 1
+        val_rng = np.random.default_rng([seed, 1, sub])
+        if val_fraction == 0:
+            val_cases, train_cases = [], list(pool)
+            extra["val_by"] = "none"
+        elif len(pool) >= 2:
+            n_val = min(len(pool) - 1, max(1, int(round(val_fraction * len(pool)))))
+            val_cases, train_cases = _take(val_rng, pool, n_val)
+            extra["val_by"] = "patient"
+        else:
+            val_cases, train_cases = [], list(pool)
+            extra["val_by"] = "slice (only one training patient)"
+        test = _sorted_ints(cache.indices_of(test_cases))
+        val = _sorted_ints(cache.indices_of(val_cases))
+        train = _sorted_ints(cache.indices_of(train_cases))
+        if extra["val_by"].startswith("slice"):
+            n_val = max(1, int(round(val_fraction * len(train))))
+            chosen, rest = _take(val_rng, train, n_val)
+            val, train = _sorted_ints(chosen), _sorted_ints(rest)
+        st_rng = np.random.default_rng([seed, 2, sub])
+        if len(train_cases) >= 2:
+            n_st = max(1, int(round(student_fraction * len(train_cases))))
+            student_cases, _ = _take(st_rng, list(train_cases), n_st)
+            student = _sorted_ints(cache.indices_of(student_cases))
+            extra["student_by"] = "patient"
+        else:
+            n_st = max(1, int(round(student_fraction * len(train))))
+            student = _sorted_ints(_take(st_rng, train, n_st)[0])
+            student_cases = list(train_cases)
+            extra["student_by"] = "slice (fewer than 2 training patients)"
+        test_cases, val_cases = sorted(test_cases), sorted(val_cases)
+        train_cases, student_cases = sorted(train_cases), sorted(student_cases)
+
+    positive = cache.positive
+    split = {
+        "mode": mode, "seed": seed, "fold": fold, "folds": folds,
+        "test_fraction": test_fraction, "val_fraction": val_fraction,
+        "student_fraction": student_fraction,
+        "train": train, "val": val, "test": test, "student_train": student,
+        "train_cases": train_cases, "val_cases": val_cases, "test_cases": test_cases,
+        "student_cases": student_cases,
+        "counts": {k: {"slices": len(v), "positive_slices": int(positive[v].sum()) if v else 0}
+                   for k, v in (("train", train), ("val", val), ("test", test),
+                                ("student_train", student))},
+        "n_slices": n,
+        "cache": str(cache.path),
+        "cache_fingerprint": cache.fingerprint,
+        "synthetic": cache.synthetic,
+        **extra,
+    }
+    return split
+
+
+def make_folds(cache, folds: int, **kwargs) -> list[dict]:
+    """All `folds` patient-level cross-validation splits (fold 0 .. folds-1)."""
+    cache = _load_cache(cache)
+    return [make_split(cache, mode="patient", folds=folds, fold=f, **kwargs)
+            for f in range(int(folds))]
+
+
+def _validate(split: dict, where) -> None:
+    if not isinstance(split, dict):
+        raise DataError("a split must be a JSON object", where, "make it with make_split")
+    missing = [k for k in REQUIRED_KEYS if k not in split]
+    if missing:
+        raise DataError(f"not a split file (missing {', '.join(missing)})", where,
+                        "make it with kdlib.data.make_split and save_split")
+    for key in INDEX_KEYS:
+        values = split[key]
+        if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
+            raise DataError(f"split[{key!r}] must be a list of integers", where,
+                            "make it with kdlib.data.make_split")
+
+
+def save_split(split: dict, path: str | Path) -> Path:
+    """Write a split as JSON (atomically). Saving the same split again is a no-op; a
+    different split at the same path is never overwritten."""
+    _validate(split, path)
+    path = Path(path)
+    payload = json.loads(json.dumps(split, default=str))
+    if path.exists():
+        try:
+            same = json.loads(path.read_text()) == payload
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            same = False
+        if same:
+            return path
+        raise KdlibError("a different split is already saved here", path,
+                         "choose another file name (splits are never overwritten)")
+    atomic_write_json(path, payload, overwrite=False)
+    return path
+
+
+def load_split(path: str | Path, cache: SliceCache | str | Path | None = None) -> dict:
+    """Read a split saved by save_split; with `cache`, check it was made for that cache."""
+    path = Path(path)
+    split = read_json(path)
+    _validate(split, path)
+    if cache is not None:
+        cache = _load_cache(cache)
+        fp = split.get("cache_fingerprint")
+        if split.get("n_slices") != len(cache) or (fp and cache.fingerprint and
+                                                   fp != cache.fingerprint):
+            raise DataError(f"split was made for another cache ({split.get('n_slices')} slices"
+                            f", fingerprint {fp}) than {cache.path} ({len(cache)} slices, "
+                            f"{cache.fingerprint})", path,
+                            "make a new split for this cache with make_split")
+    return split

@@ -1,0 +1,113 @@
+"""Patient / faithful splits, folds, student subsets, save/load."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_msd
+from kdlib.data import SliceCache, load_split, make_folds, make_split, preprocess, save_split
+from kdlib.errors import ConfigError, DataError, KdlibError
+
+
+@pytest.fixture(scope="module")
+def cache(phantom_cache):
+    return SliceCache.load(phantom_cache)
+
+
+def _cases(cache, idx):
+    return set(cache.case_ids[idx].tolist())
+
+
+def test_patient_split(cache):
+    s = make_split(cache)
+    assert s["mode"] == "patient" and s["seed"] == 42 and s["fold"] is None
+    train, val, test = set(s["train"]), set(s["val"]), set(s["test"])
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(range(len(cache)))
+    assert _cases(cache, s["test"]) == set(s["test_cases"])
+    assert _cases(cache, s["val"]) == set(s["val_cases"])
+    assert _cases(cache, s["train"]) == set(s["train_cases"])
+    assert not set(s["test_cases"]) & (set(s["train_cases"]) | set(s["val_cases"]))
+    assert len(s["test_cases"]) == 1 and len(s["val_cases"]) == 1  # 20% of 6, 20% of 5
+    # student: half of the training patients, whole patients
+    assert set(s["student_train"]) <= train
+    assert s["student_by"] == "patient" and len(s["student_cases"]) == 2
+    assert _cases(cache, s["student_train"]) == set(s["student_cases"])
+    assert s["train"] == sorted(s["train"]) and all(isinstance(i, int) for i in s["train"])
+    assert s["synthetic"] is True and s["n_slices"] == len(cache)
+
+
+def test_deterministic_for_seed(cache):
+    assert make_split(cache, seed=7) == make_split(cache, seed=7)
+    a, b = make_split(cache, seed=1), make_split(cache, seed=2)
+    assert (a["test_cases"], a["val_cases"], a["student_cases"]) != \
+        (b["test_cases"], b["val_cases"], b["student_cases"])
+
+
+def test_folds_cover_every_patient_once(cache):
+    splits = make_folds(cache, folds=3)
+    tested = [c for s in splits for c in s["test_cases"]]
+    assert sorted(tested) == cache.cases
+    for f, s in enumerate(splits):
+        assert s["fold"] == f and s["folds"] == 3
+        assert len(s["test_cases"]) == 2
+        assert not set(s["test_cases"]) & set(s["train_cases"] + s["val_cases"])
+        assert len(s["val_cases"]) == 1 and len(s["train_cases"]) == 3
+    six = make_folds(cache, folds=6)
+    assert sorted(c for s in six for c in s["test_cases"]) == cache.cases
+    with pytest.raises(ConfigError):
+        make_split(cache, folds=3)
+    with pytest.raises(ConfigError):
+        make_split(cache, folds=7, fold=0)
+    with pytest.raises(ConfigError):
+        make_split(cache, folds=3, fold=3)
+
+
+def test_faithful_split(cache):
+    s = make_split(cache, mode="faithful")
+    n = len(cache)
+    n_test = int(round(0.2 * n))
+    perm = np.random.default_rng(42).permutation(n)
+    assert s["test"] == sorted(perm[:n_test].tolist())
+    assert s["train"] == sorted(perm[n_test:].tolist())
+    assert s["val"] == s["test"]
+    assert len(s["student_train"]) == round(0.5 * len(s["train"]))
+    assert set(s["student_train"]) <= set(s["train"])
+    assert make_split(cache, mode="faithful") == s
+    with pytest.raises(ConfigError):
+        make_split(cache, mode="faithful", folds=3, fold=0)
+    with pytest.raises(ConfigError):
+        make_split(cache, mode="random")
+
+
+def test_few_patients_fall_back_to_slices(tmp_path):
+    msd = write_msd(tmp_path / "msd", cases=("spleen_1", "spleen_2"), shape=(8, 8, 10))
+    preprocess(msd, tmp_path / "c", size=8)
+    small = SliceCache.load(tmp_path / "c")
+    s = make_split(small)
+    assert len(s["test_cases"]) == 1 and s["val_by"].startswith("slice")
+    assert s["student_by"].startswith("slice")
+    assert s["val"] and not set(s["val"]) & set(s["train"])
+    assert set(s["student_train"]) <= set(s["train"])
+    one = write_msd(tmp_path / "one", cases=("spleen_1",), shape=(8, 8, 10))
+    preprocess(one, tmp_path / "c1", size=8)
+    with pytest.raises(ConfigError, match="faithful"):
+        make_split(tmp_path / "c1")
+    assert len(make_split(tmp_path / "c1", mode="faithful")["test"]) == 2
+
+
+def test_save_load(cache, tmp_path, phantom_msd):
+    s = make_split(cache, folds=3, fold=1)
+    path = save_split(s, tmp_path / "split.json")
+    loaded = load_split(path, cache=cache)
+    assert loaded == s
+    assert save_split(s, path) == path  # same split again: no-op
+    with pytest.raises(KdlibError, match="never overwritten"):
+        save_split(make_split(cache, seed=1), path)
+    other = tmp_path / "other"
+    preprocess(phantom_msd, other, size=32, faithful=True)
+    with pytest.raises(DataError, match="another cache"):
+        load_split(path, cache=SliceCache.load(other))
+    (tmp_path / "bad.json").write_text('{"train": [1]}')
+    with pytest.raises(DataError, match="not a split"):
+        load_split(tmp_path / "bad.json")
