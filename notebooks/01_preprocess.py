@@ -1,7 +1,9 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -28,15 +30,15 @@
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | real-mini | thesis: names the output folder results/<profile>
 out_dir: str = ""  # "" -> <repo>/results/<profile>
-data: str = "phantom"  # "phantom", an MSD/slices/DICOM folder, or several joined by ","; "shared:<sub>" = ../shared/data/<sub>
-phantom_cases: int = 6  # generated cases (data == "phantom")
+data: str = "phantom"  # "phantom", a data folder, or several joined by commas; prefix shared: for ../shared/data
+phantom_cases: int = 6  # generated cases, used when data is "phantom"
 phantom_size: int = 64  # in-plane size of the generated volumes
 phantom_seed: int = 0
 size: int = 64  # slice size in the cache (the thesis: 256)
 hu_window: list = [-160, 240]  # corrected setting: HU window (W400/L40); mixing with 8-bit thesis slices needs [0, 255]
 settings: list = ["corrected", "faithful"]  # which readings of the thesis to prepare
 split_seed: int = 42
-folds: int = 0  # 0: one patient split; k >= 2: k-fold cross-validation over patients
+folds: int = 0  # 0: one patient split; k of 2 or more: k-fold cross-validation over patients
 test_fraction: float = 0.2
 val_fraction: float = 0.2  # of the training patients, for model selection
 student_fraction: float = 0.5  # students train on this share of the teacher's training data

@@ -34,3 +34,16 @@ def test_pair_in_sync_and_clean(py):
     assert from_ipynb.metadata["kernelspec"]["name"] == "python3"
     first_md = next(c for c in from_py.cells if c.cell_type == "markdown")
     assert "--profile thesis" in first_md.source, "first markdown cell must say how to run the thesis profile"
+
+
+@pytest.mark.parametrize("py", PAIRS, ids=[p.stem for p in PAIRS])
+def test_papermill_sees_every_parameter(py):
+    """papermill silently drops a parameter whose line it cannot parse (e.g. '=' in a comment)."""
+    import re
+
+    import papermill as pm
+
+    cell = next(c for c in jupytext.read(py).cells if "parameters" in c.metadata.get("tags", []))
+    names = [m.group(1) for line in cell.source.splitlines()
+             if (m := re.match(r"^(\w+)\s*:\s*\w+\s*=", line))]
+    assert names and list(pm.inspect_notebook(str(py.with_suffix(".ipynb")))) == names
