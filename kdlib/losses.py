@@ -347,6 +347,8 @@ class Distiller(nn.Module):
         terms["seg"] = seg(logits, target.to(device))
         for scale in cfg.scales:
             tap = TAPS[scale]
+            if tap not in student_out or tap not in teacher_out:
+                raise KeyError(f"scale {scale} needs the {tap!r} output of both student and teacher")
             s = student_out[tap]
             t = teacher_out[tap].detach().to(device=device, dtype=s.dtype)
             s, t = self.match(scale, s, t)
@@ -356,6 +358,8 @@ class Distiller(nn.Module):
             else:
                 terms[scale] = feature_mse(s, t)
         if cfg.pmd != "off":
+            if "logits" not in teacher_out:
+                raise KeyError("PMD needs the teacher's 'logits'")
             t_logits = teacher_out["logits"].detach().to(device=device, dtype=dtype)
             terms["pmd"] = pmd_loss(logits, t_logits, cfg.pmd, cfg.pmd_temperature)
         weight = {"seg": cfg.w_seg, "E": cfg.w_enc, "B": cfg.w_bn, "D": cfg.w_dec, "pmd": cfg.w_pmd}
