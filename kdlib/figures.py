@@ -31,28 +31,10 @@ GT_COLOUR = "#00FF66"
 
 
 def _plt():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg",) and _headless():
-        matplotlib.use("Agg")
+    """pyplot, with whatever backend the caller chose (inline in notebooks, Agg in tests)."""
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _headless() -> bool:
-    import os
-
-    return os.environ.get("KDLIB_BATCH", "") not in ("", "0") or not (
-        os.environ.get("DISPLAY") or os.environ.get("MPLBACKEND") or _in_ipython())
-
-
-def _in_ipython() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None
 
 
 def _title(text: str, synthetic: bool) -> str:
@@ -76,18 +58,21 @@ def as_slices(array, name: str = "array") -> np.ndarray:
 
 
 def _image01(array) -> np.ndarray:
-    arr = as_slices(array, "images").astype(np.float32)
-    if arr.size and arr.max() > 1.5:  # uint8 slices
-        arr = arr / 255.0
-    return arr
+    """Grey slices in [0, 1]: uint8 (0-255) is scaled, floats are taken as already in [0, 1]."""
+    arr = as_slices(array, "images")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    return arr.astype(np.float32)
 
 
 def _binary(array, name: str = "masks") -> np.ndarray:
+    """Boolean masks: bool as is; uint8 0/255 (or 0/1); floats (probabilities) > 0.5."""
     arr = as_slices(array, name)
     if arr.dtype == bool:
         return arr
-    scale = 255.0 if arr.size and arr.max() > 1.5 else 1.0
-    return arr.astype(np.float32) / scale > 0.5
+    if arr.dtype == np.uint8:
+        return arr > (127 if arr.size and arr.max() > 1 else 0)
+    return arr.astype(np.float32) > 0.5
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -149,11 +134,12 @@ def training_curves(histories: Mapping[str, Any], title: str = "", synthetic: bo
             handles = lines
     for ax in list(axes.flat)[len(histories):]:
         ax.set_visible(False)
-    if handles:
-        fig.legend(handles, [h.get_label() for h in handles], loc="lower center",
-                   ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(_title(title or "Training curves", synthetic), fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    top = 1 - 0.55 / fig.get_figheight()
+    if handles:
+        fig.legend(handles, [h.get_label() for h in handles], loc="upper center",
+                   bbox_to_anchor=(0.5, top + 0.01), ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top - 0.2 / fig.get_figheight()))
     return fig
 
 
@@ -234,6 +220,23 @@ def choose_slices(truths, predictions_ref=None, n: int = 4, rule: str = "quantil
     raise DataError(f"unknown slice rule {rule!r}", fix="use 'quantiles', 'worst' or 'best'")
 
 
+def least_improved_slices(truths, baseline, distilled, n: int = 4) -> tuple[list[int], str]:
+    """The `n` spleen-positive slices where distillation helped least: lowest Dice gain
+    (distilled minus baseline), most negative first. Returns (indices, rule description)."""
+    truth = _binary(truths, "truths")
+    base, kd = _binary(baseline, "baseline"), _binary(distilled, "distilled")
+    positive = np.flatnonzero(truth.reshape(len(truth), -1).any(axis=1))
+    if len(positive) == 0:
+        raise DataError("no spleen-positive slice to show", fix="use slices that contain spleen")
+    gain = np.array([dice(kd[i], truth[i]) - dice(base[i], truth[i]) for i in positive])
+    order = np.argsort(gain, kind="stable")[:min(n, len(positive))]
+    picks = [int(positive[i]) for i in order]
+    desc = (f"the {len(picks)} spleen-positive test slices with the lowest Dice gain of the distilled "
+            f"student over its baseline (gains {', '.join(f'{gain[i]:+.2f}' for i in order)}; "
+            f"{len(positive)} positive slices)")
+    return picks, desc
+
+
 def _outline(ax, mask: np.ndarray, colour: str, lw: float = 1.2, ls: str = "-") -> None:
     if mask.any():
         ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=lw, linestyles=ls)
@@ -296,29 +299,47 @@ def _solid(colour: str):
 
 def reconstruction_panel(images, recons, n: int = 4, indices: Sequence[int] | None = None,
                          titles: Sequence[str] | None = None, synthetic: bool = False, title: str = ""):
-    """Figures 4.9/4.10: rows of Input / Reconstruction / |difference| for `n` slices
-    (evenly spaced through the set unless `indices` is given), with per-slice PSNR."""
+    """Figures 4.9/4.10: rows = slices, columns = Input and each reconstruction, with the
+    per-slice PSNR in the corner. `recons`: one array (N, H, W) / (N, 3, H, W), or a dict
+    model -> array for several teachers side by side. With a single reconstruction an
+    |input - reconstruction| column is added. Shows `n` slices evenly spaced through the
+    set unless `indices` is given."""
     plt = _plt()
-    img, rec = _image01(images), _image01(recons)
-    if img.shape != rec.shape:
-        raise DataError(f"images have shape {img.shape}, reconstructions {rec.shape}")
+    img = _image01(images)
+    recon_sets = {name: _image01(r) for name, r in recons.items()} if isinstance(recons, Mapping) \
+        else {"Reconstruction": _image01(recons)}
+    if not recon_sets:
+        raise DataError("no reconstructions to show", fix="pass the multi-task teachers' outputs")
+    for name, rec in recon_sets.items():
+        if rec.shape != img.shape:
+            raise DataError(f"images have shape {img.shape}, reconstruction {name!r} {rec.shape}")
     if indices is None:
         n = min(n, len(img))
         indices = np.unique(np.linspace(0, len(img) - 1, n).round().astype(int)).tolist()
-    fig, axes = plt.subplots(len(indices), 3, figsize=(7, 2.3 * len(indices) + 0.4), squeeze=False)
+    with_diff = len(recon_sets) == 1
+    headers = ["Input", *recon_sets] + (["|difference|"] if with_diff else [])
+    ncols = len(headers)
+    fig, axes = plt.subplots(len(indices), ncols, figsize=(2.4 * ncols, 2.3 * len(indices) + 0.4),
+                             squeeze=False)
     for r, idx in enumerate(indices):
-        err = np.abs(img[idx] - np.clip(rec[idx], 0, 1))
-        mse = float(np.mean((img[idx] - rec[idx]) ** 2))
-        psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-        for c, (data, cmap, vmax) in enumerate(((img[idx], "gray", 1), (np.clip(rec[idx], 0, 1), "gray", 1),
-                                               (err, "magma", max(float(err.max()), 1e-6)))):
-            axes[r, c].imshow(data, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 1].text(0.03, 0.04, f"PSNR {psnr:.1f} dB", transform=axes[r, 1].transAxes, fontsize=7,
-                        color="white", bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
+        panels = [(img[idx], "gray", 1.0, None)]
+        for rec in recon_sets.values():
+            mse = float(np.mean((img[idx] - rec[idx]) ** 2))
+            psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+            panels.append((np.clip(rec[idx], 0, 1), "gray", 1.0, f"PSNR {psnr:.1f} dB"))
+        if with_diff:
+            err = np.abs(img[idx] - np.clip(next(iter(recon_sets.values()))[idx], 0, 1))
+            panels.append((err, "magma", max(float(err.max()), 1e-6), None))
+        for c, (data, cmap, vmax, note) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(data, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if note:
+                ax.text(0.03, 0.04, note, transform=ax.transAxes, fontsize=7, color="white",
+                        bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
         axes[r, 0].set_ylabel(titles[r] if titles is not None else f"slice {idx}", fontsize=8)
-    for c, header in enumerate(("Input", "Reconstruction", "|difference|")):
+    for c, header in enumerate(headers):
         axes[0, c].set_title(header, fontsize=9)
     fig.suptitle(_title(title or "Reconstruction", synthetic), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -332,7 +353,7 @@ def reconstruction_panel(images, recons, n: int = 4, indices: Sequence[int] | No
 def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dice difference to baseline"):
     """Dice difference to the baseline with its CI, one line per configuration.
 
-    `df` columns: `label`, `diff`, `ci_low`, `ci_high` (optional `n`, `p`); rows without a
+    `df` columns: `label`, `diff`, `ci_low`, `ci_high` (optional `n` or `n_pairs`, `p`); rows without a
     CI are drawn as points only. A vertical line marks 0 (no difference).
     """
     plt = _plt()
@@ -350,8 +371,9 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
             ax.plot([low, high], [yi, yi], color=colour, lw=1.6)
         ax.plot([diff], [yi], "o", color=colour, ms=5)
         note = []
-        if "n" in data.columns and not _isnan(getattr(row, "n")):
-            note.append(f"n={int(getattr(row, 'n'))}")
+        n_col = "n" if "n" in data.columns else "n_pairs" if "n_pairs" in data.columns else None
+        if n_col and not _isnan(getattr(row, n_col)):
+            note.append(f"n={int(getattr(row, n_col))}")
         if "p" in data.columns and not _isnan(getattr(row, "p")):
             note.append(f"p={float(getattr(row, 'p')):.3g}")
         if note:
@@ -379,58 +401,49 @@ def _isnan(value) -> bool:
 
 
 def predict_masks(run_dir: str | Path, images_uint8, device: str = "cpu", threshold: str | None = None,
-                  batch_size: int = 16) -> np.ndarray:
+                  batch_size: int = 32) -> np.ndarray:
     """Binary masks (N, H, W) bool of the trained run in `run_dir` on uint8 slices (N, H, W).
 
     The threshold rule is the run's own (`config.json` "threshold"): "prob" = sigmoid > 0.5,
-    "logit" = logit > 0.5 (the original code's rule); pass `threshold` to override.
+    "logit" = logit > 0.5 (the original code's rule); pass `threshold` to override it.
+    Inference is `train.infer`'s.
     """
-    import torch
-
     from .io import read_json
-    from .train import load_model
+    from .train import infer
 
     run_dir = Path(run_dir)
-    rule = threshold or read_json(run_dir / "config.json").get("threshold", "prob")
+    own = read_json(run_dir / "config.json").get("threshold", "prob")
+    rule = threshold or own
     if rule not in ("prob", "logit"):
         raise DataError(f"unknown threshold rule {rule!r}", fix="use 'prob' or 'logit'")
     slices = as_slices(images_uint8, "images_uint8")
     if slices.dtype != np.uint8:
         raise DataError(f"images_uint8 must be uint8 slices, got {slices.dtype}",
                         fix="pass the slice cache's images (uint8, 0-255)")
-    dev = torch.device(device)
-    model = load_model(run_dir, dev)
-    out = np.zeros(slices.shape, dtype=bool)
-    with torch.inference_mode():
-        for start in range(0, len(slices), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size])).to(dev)
-            image = chunk.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-            logits = model(image)["logits"].float()
-            out[start:start + batch_size] = _binarize(logits, rule).cpu().numpy()[:, 0]
-    return out
-
-
-def _binarize(logits, rule: str):
-    try:
-        from .metrics import binarize
-    except ImportError:
-        binarize = None
-    if binarize is not None:
-        return binarize(logits, rule).bool()
-    return logits > 0.5 if rule == "logit" else logits.sigmoid() > 0.5
+    out = infer(run_dir, np.ascontiguousarray(slices), device=device, batch_size=batch_size)
+    if rule == own:
+        return np.asarray(out["mask"], dtype=bool)
+    # sigmoid(logit) > 0.5 <=> logit > 0;  logit > 0.5 <=> sigmoid(logit) > sigmoid(0.5)
+    cut = 0.5 if rule == "prob" else 1.0 / (1.0 + math.exp(-0.5))
+    return np.asarray(out["prob"]) > cut
 
 
 # ---------------------------------------------------------------------------------------
 # Saving
 
 
+def is_synthetic(provenance: Mapping[str, Any]) -> bool:
+    """Synthetic if provenance says so, or if its data is the generated phantom."""
+    return bool(provenance.get("synthetic")) or str(provenance.get("data", "")).startswith("phantom")
+
+
 def footer_text(provenance: Mapping[str, Any]) -> str:
-    """One line: profile | data | commit | date (+ SYNTHETIC DATA when provenance says so)."""
+    """One line: profile | data | commit | date (led by SYNTHETIC DATA for generated data)."""
     parts = [f"{key}: {provenance[key]}" for key in ("profile", "data", "commit", "date")
              if provenance.get(key) not in (None, "")]
     if not provenance.get("date"):
         parts.append("date: " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    if provenance.get("synthetic"):
+    if is_synthetic(provenance):
         parts.insert(0, SYNTHETIC_LABEL + " (not comparable to the thesis)")
     return "  |  ".join(parts)
 
@@ -439,12 +452,15 @@ def save_figure(fig, path: str | Path, provenance: Mapping[str, Any] | None = No
     """Write `fig` as a PNG atomically, with a provenance footer (and PNG metadata).
 
     `provenance`: profile, data, commit, date (see `pipeline.provenance`) and `synthetic`;
-    a figure from synthetic data carries a visible "SYNTHETIC DATA" label in the footer.
+    a figure from synthetic data (`synthetic` true, or data "phantom...") carries a visible
+    red "SYNTHETIC DATA" label in the footer.
     """
     provenance = dict(provenance or {})
     text = footer_text(provenance)
-    synthetic = bool(provenance.get("synthetic"))
-    fig.text(0.005, 0.003, text, fontsize=6, ha="left", va="bottom",
+    synthetic = is_synthetic(provenance)
+    for old in [t for t in fig.texts if t.get_gid() == "kdlib-footer"]:  # saved before: one footer
+        old.remove()
+    fig.text(0.005, -0.005, text, fontsize=6, ha="left", va="top", gid="kdlib-footer",
              color="#B00000" if synthetic else "0.35", fontweight="bold" if synthetic else "normal")
     path = Path(path)
     if path.suffix.lower() != ".png":

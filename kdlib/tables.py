@@ -3,7 +3,7 @@
 `table("4.3", runs)` lays a table out like the thesis: one row per thesis row (and per
 setting - corrected / faithful - present among the runs that match the table), with the
 thesis's numbers, ours (mean over seeds), the difference, and a 95% bootstrap CI of our
-Dice over seeds. A row that no run matches keeps the thesis's numbers and shows
+Dice over runs (seeds x folds). A row that no run matches keeps the thesis's numbers and shows
 `n_seeds = 0` and NaN for ours: nothing is ever filled in.
 
 Runs are joined to thesis rows with `experiments.describe` + `experiments.row_matches`,
@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from . import experiments
+from . import experiments, stats
 from .errors import ConfigError
 from .io import atomic_write_text
 
@@ -67,12 +67,22 @@ def metric_value(metrics: dict[str, Any], metric: str, level: str = "pooled") ->
 
 
 def describe_runs(runs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(run, experiments.describe(config)) pairs; describe reads teacher configs once each."""
+    """(run, experiments.describe(config)) pairs.
+
+    A distilled run names its teacher by folder; if the results were moved (the recorded
+    absolute path is gone) the teacher is looked up beside the run, in the same runs folder.
+    """
     out = []
     for run in runs:
         desc = run.get("_desc")
         if desc is None:
-            desc = experiments.describe(run["config"])
+            config = run["config"]
+            teacher = config.get("teacher_run")
+            if teacher and not (Path(teacher) / "config.json").exists():
+                moved = Path(run["run_dir"]).parent / Path(teacher).name
+                if (moved / "config.json").exists():
+                    config = dict(config, teacher_run=str(moved))
+            desc = experiments.describe(config)
         out.append((run, desc))
     return out
 
@@ -84,41 +94,10 @@ def matching_runs(row: dict[str, Any], described, setting: str | None = None) ->
     return [run for _, _, run in sorted(found, key=lambda t: (t[0], t[1]))]
 
 
-def bootstrap_mean_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
-                      ) -> tuple[float, float]:
-    """95% percentile bootstrap CI of the mean over seeds (NaN for fewer than two values).
-
-    Uses `kdlib.stats.bootstrap_ci` when available, so all CIs in the results share one rule.
-    """
-    values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if len(values) < 2:
-        return math.nan, math.nan
-    try:
-        from .stats import bootstrap_ci
-    except ImportError:  # stats not importable: same percentile bootstrap, inline
-        bootstrap_ci = None
-    if bootstrap_ci is not None:
-        result = bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
-        return _ci_pair(result)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
-def _ci_pair(result) -> tuple[float, float]:
-    """(low, high) from whatever a CI helper returns: a pair, a dict or an object."""
-    if isinstance(result, dict):
-        low = result.get("ci_low", result.get("low"))
-        high = result.get("ci_high", result.get("high"))
-        return float(low), float(high)
-    if hasattr(result, "ci_low"):
-        return float(result.ci_low), float(result.ci_high)
-    if hasattr(result, "low"):
-        return float(result.low), float(result.high)
-    seq = list(result)
-    if len(seq) == 3:  # (estimate, low, high)
-        return float(seq[1]), float(seq[2])
-    return float(seq[0]), float(seq[1])
+def bootstrap_mean_ci(values, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap CI of the mean over runs (`stats.bootstrap_ci`); NaN for < 2."""
+    values = [v for v in values if not math.isnan(v)]
+    return stats.bootstrap_ci(values, n_boot=n_boot, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,9 +115,11 @@ def _table_settings(rows, described) -> list[str | None]:
 def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
     """Thesis table `table_id` with our numbers next to the thesis's (see module docstring).
 
-    Columns: row, setting, n_seeds, thesis_/ours_/diff_<metric> for iou, dice, recall,
-    precision; ours_dice_ci_low/high; params_m (the thesis's) and ours_params_m; for
-    Table 4.1 also ours_psnr and ours_ssim. `df.attrs` holds table, caption, metric_level,
+    Columns: row, setting, n_seeds (distinct seeds), n_runs (seeds x folds: the runs
+    averaged), thesis_/ours_/diff_<metric> for iou, dice, recall, precision;
+    ours_dice_ci_low/high (95% bootstrap CI of the mean over runs, NaN for fewer than 2);
+    params_m (the thesis's) and ours_params_m; for Table 4.1 also ours_psnr and ours_ssim.
+    `df.attrs` holds table, caption, metric_level,
     synthetic.
     """
     table_id = str(table_id)
@@ -153,7 +134,9 @@ def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
     for row in rows:
         for setting in settings:
             matched = matching_runs(row, described, setting) if setting else []
-            rec: dict[str, Any] = {"row": row["row"], "setting": setting, "n_seeds": len(matched)}
+            rec: dict[str, Any] = {"row": row["row"], "setting": setting,
+                                   "n_seeds": len({r["config"].get("seed") for r in matched}),
+                                   "n_runs": len(matched)}
             for m in METRICS:
                 ours = [metric_value(r["metrics"], m, metric_level) for r in matched]
                 ours = [v for v in ours if not math.isnan(v)]
@@ -190,7 +173,7 @@ def headline_table(runs, metric_level: str = "pooled") -> pd.DataFrame:
     """Table 4.2 in a compact form for the README: row, setting, n, ours dice ± CI, thesis dice."""
     full = table("4.2", runs, metric_level)
     out = pd.DataFrame({
-        "row": full["row"], "setting": full["setting"], "n": full["n_seeds"],
+        "row": full["row"], "setting": full["setting"], "n": full["n_runs"],
         "ours_dice": full["ours_dice"], "ci_low": full["ours_dice_ci_low"],
         "ci_high": full["ours_dice_ci_high"], "thesis_dice": full["thesis_dice"],
     })
@@ -240,7 +223,7 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, synthetic: boo
     that the numbers come from generated data and are not comparable to the thesis's.
     """
     out_dir = Path(out_dir)
-    caption = caption or df.attrs.get("caption") or f"Table {name}"
+    caption = caption or df.attrs.get("caption") or name
     if df.attrs.get("metric_level") and df.attrs["metric_level"] != "pooled":
         caption = f"{caption} (metrics: {df.attrs['metric_level']})"
     if synthetic:

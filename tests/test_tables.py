@@ -1,0 +1,239 @@
+"""Thesis tables from fake run folders (made-up numbers; no model is trained).
+
+`write_run` / `fake_study` below are also used by test_figures.py and test_claims.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlib import experiments, tables
+from kdlib.errors import ConfigError
+from kdlib.train import load_runs
+
+# ----------------------------------------------------------------------------------------
+# fixture helpers: fake run folders in the layout kdlib.train writes
+
+
+def _scores(dice: float) -> dict:
+    dice = float(np.clip(dice, 0.0, 1.0))
+    return {"dice": dice, "iou": dice / (2 - dice), "precision": min(1.0, dice + 0.03),
+            "recall": max(0.0, dice - 0.03)}
+
+
+def write_run(runs_dir: Path, name: str, *, model: str, role: str, seed: int = 0,
+              teacher_run: str | None = None, scales: str = "", loss: str = "infonce", pmd: bool = False,
+              fraction: float = 0.5, setting: str = "corrected", split: str = "split-fold0.json",
+              dice: float = 0.7, cases: dict[str, float] | None = None, synthetic: bool = True,
+              psnr: float | None = None, epochs: int = 3, params: int = 57_297) -> dict:
+    """One finished run folder (config.json, metrics.json, history.csv); returns its path."""
+    kd = None
+    if role == "kd":
+        kd = {"scales": scales.split("+"), "loss": loss,
+              "pmd": ("faithful" if setting == "faithful" else "binary") if pmd else "off",
+              "projector": "random" if setting == "faithful" else "learned"}
+    config = {"name": name, "model": model, "role": role, "cache": "cache", "split": split,
+              "train_subset": "train" if fraction >= 1.0 or role == "teacher" else "student_train",
+              "seed": seed, "teacher_run": teacher_run, "kd": kd, "setting": setting,
+              "threshold": "logit" if setting == "faithful" else "prob", "epochs": epochs}
+    metrics = {"pooled": _scores(dice), "per_image": _scores(dice - 0.05), "loss": 1 - dice,
+               "params": params, "synthetic": synthetic, "best_epoch": epochs}
+    if cases is not None:
+        per_case = {cid: _scores(v) for cid, v in cases.items()}
+        metrics["per_volume"] = {"mean": _scores(float(np.mean(list(cases.values())))),
+                                 "cases": per_case, "n_cases": len(cases)}
+    if psnr is not None:
+        metrics.update(psnr=psnr, ssim=0.9)
+    slug = f"{name.lower().replace(' ', '-').replace('(', '').replace(')', '').replace(',', '-')}-s{seed}-{setting}"
+    run_dir = runs_dir / f"{slug}-{abs(hash((name, seed, setting, split, fraction))) % 10**8}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    hist = pd.DataFrame({"epoch": range(1, epochs + 1),
+                         "train_total": np.linspace(1.0, 0.4, epochs), "train_seg": np.linspace(0.9, 0.3, epochs),
+                         "val_loss": np.linspace(0.95, 0.5, epochs), "val_dice": np.linspace(0.3, dice, epochs),
+                         "val_iou": np.linspace(0.2, dice / (2 - dice), epochs), "seconds": 1.0})
+    if model in ("T1", "T2"):
+        hist["train_recon"] = np.linspace(0.1, 0.02, epochs)
+        hist["val_recon_loss"] = np.linspace(0.12, 0.03, epochs)
+    hist.to_csv(run_dir / "history.csv", index=False)
+    return str(run_dir)
+
+
+CASES = [f"spleen_{i}" for i in range(1, 9)]
+
+
+def fake_study(runs_dir: Path, effects: dict | None = None, seeds=(0, 1, 2), settings=("corrected",),
+               base: dict | None = None, noise: float = 0.004, with_cases: bool = True) -> list[dict]:
+    """Teachers, baselines and every KD configuration the claims use, with per-case Dice =
+    student baseline + effect(config) + case effect + small seed noise (deterministic).
+
+    `effects` maps claims' labels (e.g. "KD(T1,S1) B->B+PMD") to Dice gains over the
+    student's baseline; unlisted configurations get `effects["default"]` (0.0).
+    """
+    effects = {"default": 0.0, **(effects or {})}
+    base = {"S1": 0.70, "S2": 0.76, "S1 (100% data)": 0.74, **(base or {})}
+    rng = np.random.default_rng(0)
+    case_effect = dict(zip(CASES, np.linspace(-0.05, 0.05, len(CASES))))
+    for setting in settings:
+        teachers = {}
+        for t in ("unet", "T1", "T2"):
+            teachers[t] = write_run(runs_dir, t, model=t, role="teacher", setting=setting, dice=0.95,
+                                    psnr=30.0 if t != "unet" else None, params=43_236_036, fraction=1.0)
+        configs = [("S1 baseline", "S1", None, "", False, "none", 0.5, base["S1"]),
+                   ("S2 baseline", "S2", None, "", False, "none", 0.5, base["S2"]),
+                   ("S1 baseline (100% data)", "S1", None, "", False, "none", 1.0, base["S1 (100% data)"])]
+        pairs = [("T1", "S1"), ("T2", "S1"), ("T1", "S2"), ("T2", "S2")]
+        for t, s in pairs:
+            extra = ("E+D", "B+D") if (t, s) == ("T1", "S1") else ()
+            for scales in ("B", "E", "D", "B+E", "B+E+D", *extra):
+                for pmd in (False, True):
+                    configs.append((None, s, t, scales, pmd, "infonce", 0.5, base[s]))
+        for scales in ("B", "B+E", "B+E+D"):
+            for pmd in (False, True):
+                configs.append((None, "S1", "T1", scales, pmd, "mse", 0.5, base["S1"]))
+        for name, student, teacher, scales, pmd, loss, fraction, dice0 in configs:
+            role = "baseline" if teacher is None else "kd"
+            spec_label = name or _label(teacher, student, scales, pmd, loss)
+            gain = effects.get(spec_label, effects["default"]) if role == "kd" else 0.0
+            for seed in seeds:
+                jitter = float(rng.normal(0, noise))
+                cases = {c: dice0 + gain + e + jitter + float(rng.normal(0, noise)) for c, e in case_effect.items()}
+                write_run(runs_dir, spec_label, model=student, role=role, seed=seed,
+                          teacher_run=teachers[teacher] if teacher else None, scales=scales, loss=loss, pmd=pmd,
+                          fraction=fraction, setting=setting, dice=float(np.mean(list(cases.values()))),
+                          cases=cases if with_cases else None)
+    return load_runs(runs_dir)
+
+
+def _label(teacher, student, scales, pmd, loss):
+    arrows = "+".join(f"{s}->{s}" for s in scales.split("+"))
+    return f"KD({teacher},{student}) {arrows}{'+PMD' if pmd else ''}{' MSE' if loss == 'mse' else ''}"
+
+
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    return fake_study(root / "runs", effects={"KD(T1,S1) B->B+PMD": 0.05}, settings=("corrected", "faithful"))
+
+
+def test_table_layout_and_values(study):
+    df = tables.table("4.2", study)
+    thesis = experiments.thesis_rows(["4.2"])
+    assert list(df["row"].unique()) == [r["row"] for r in thesis]
+    assert len(df) == 2 * len(thesis)  # one row per thesis row and setting
+    assert set(df["setting"]) == {"corrected", "faithful"}
+    for m in ("iou", "dice", "recall", "precision"):
+        for prefix in ("thesis_", "ours_", "diff_"):
+            assert f"{prefix}{m}" in df.columns
+    kd = df[(df["row"] == "KD(T1,S1)") & (df["setting"] == "corrected")].iloc[0]
+    assert kd["n_seeds"] == 3
+    assert kd["thesis_dice"] == pytest.approx(0.772)
+    runs = [r for r in study if r["config"]["setting"] == "corrected" and r["config"]["role"] == "kd"
+            and r["config"]["kd"]["scales"] == ["B"] and r["config"]["kd"]["pmd"] != "off"
+            and r["config"]["model"] == "S1" and "T1" in Path(r["config"]["teacher_run"]).name.upper()
+            and r["config"]["kd"]["loss"] == "infonce"]
+    expected = np.mean([r["metrics"]["pooled"]["dice"] for r in runs])
+    assert len(runs) == 3
+    assert kd["ours_dice"] == pytest.approx(expected)
+    assert kd["diff_dice"] == pytest.approx(expected - 0.772)
+    assert kd["ours_dice_ci_low"] <= kd["ours_dice"] <= kd["ours_dice_ci_high"]
+    assert kd["params_m"] == pytest.approx(0.057)
+    assert kd["ours_params_m"] == pytest.approx(0.057297)
+    assert df.attrs["synthetic"] is True and df.attrs["table"] == "4.2"
+
+
+def test_rows_without_runs_keep_thesis_numbers(tmp_path, study):
+    one_seed = [r for r in study if r["config"]["seed"] == 0 and r["config"]["setting"] == "corrected"]
+    df = tables.table("4.2", one_seed)
+    row = df[df["row"] == "S1: U-Net-S"].iloc[0]
+    assert row["n_seeds"] == 1 and math.isnan(row["ours_dice_ci_low"])  # no CI from one seed
+    empty = tables.table("4.3", [])
+    assert (empty["n_seeds"] == 0).all()
+    assert empty["ours_dice"].isna().all() and empty["diff_iou"].isna().all()
+    assert empty["thesis_dice"].tolist() == [r["dice"] for r in experiments.thesis_rows(["4.3"])]
+    assert empty["setting"].isna().all()
+
+
+def test_table_4_1_teachers_and_metric_levels(study):
+    df = tables.table("4.1", study)
+    assert {"ours_psnr", "ours_ssim"} <= set(df.columns)
+    t1 = df[(df["row"].str.startswith("T1")) & (df["setting"] == "corrected")].iloc[0]
+    assert t1["n_seeds"] == 1 and t1["ours_dice"] == pytest.approx(0.95) and t1["ours_psnr"] == 30.0
+    unet = df[df["row"] == "SpleenSeg-U-Net"].iloc[0]
+    assert math.isnan(unet["ours_psnr"])
+    per_volume = tables.table("4.2", study, metric_level="per_volume")
+    assert per_volume["ours_dice"].notna().all()
+    with pytest.raises(ConfigError):
+        tables.table("4.2", study, metric_level="nonsense")
+    with pytest.raises(ConfigError):
+        tables.table("9.9", study)
+
+
+def test_all_tables_and_headline(study):
+    result = tables.all_tables(study)
+    assert list(result) == list(tables.TABLE_IDS)
+    assert all(len(df) > 0 for df in result.values())
+    # identical configurations appear in every table listing them: 4.2 KD(T1,S1) == 4.7 B->B+PMD
+    t42, t47 = result["4.2"], result["4.7"]
+    a = t42[(t42["row"] == "KD(T1,S1)") & (t42["setting"] == "corrected")]["ours_dice"].iloc[0]
+    b = t47[(t47["row"] == "B->B+PMD") & (t47["setting"] == "corrected")]["ours_dice"].iloc[0]
+    assert a == b
+    head = tables.headline_table(study)
+    assert list(head.columns[:4]) == ["row", "setting", "n", "ours_dice"]
+    assert head["ours_dice_text"].str.contains(r"\[").all()
+    assert (head["thesis_dice"] > 0).all()
+
+
+def test_write_table(tmp_path, study):
+    df = tables.table("4.3", study)
+    csv_path, md_path = tables.write_table(df, tmp_path / "out", "table4_3", synthetic=True)
+    text = md_path.read_text()
+    first = text.splitlines()[0]
+    assert first.startswith("Table 4.3") and "SYNTHETIC DATA" in first
+    assert "| row | setting |" in text
+    back = pd.read_csv(csv_path)
+    assert len(back) == len(df) and list(back.columns) == list(df.columns)
+    # regenerated outputs are overwritten; no temporary files left
+    tables.write_table(df.head(2), tmp_path / "out", "table4_3", synthetic=False)
+    assert "SYNTHETIC" not in md_path.read_text().splitlines()[0]
+    assert len(pd.read_csv(csv_path)) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table4_3.csv", "table4_3.md"]
+
+
+def test_markdown_cells():
+    df = pd.DataFrame({"a": ["x|y", None], "b": [0.12345, float("nan")], "c": [np.int64(3), 4]})
+    md = tables.to_markdown(df)
+    assert "x\\|y" in md and "0.123" in md and "–" in md and "| 3 |" in md
+
+
+def test_folds_count_as_runs_not_seeds(tmp_path):
+    runs_dir = tmp_path / "runs"
+    for fold, dice in ((0, 0.70), (1, 0.74)):
+        write_run(runs_dir, "S1 baseline", model="S1", role="baseline", seed=42, split=f"split-fold{fold}.json",
+                  dice=dice)
+    df = tables.table("4.2", load_runs(runs_dir))
+    s1 = df[df["row"] == "S1: U-Net-S"].iloc[0]
+    assert (s1["n_seeds"], s1["n_runs"]) == (1, 2)
+    assert s1["ours_dice"] == pytest.approx(0.72)
+    assert 0.70 <= s1["ours_dice_ci_low"] < s1["ours_dice_ci_high"] <= 0.74
+    assert df[df["row"] == "S2: U-Net"]["n_runs"].iloc[0] == 0
+
+
+def test_moved_results_folder_still_joins(tmp_path):
+    import shutil
+
+    runs_dir = tmp_path / "a" / "runs"
+    teacher = write_run(runs_dir, "T1", model="T1", role="teacher", fraction=1.0)
+    write_run(runs_dir, "KD", model="S1", role="kd", teacher_run=teacher, scales="B", pmd=True, dice=0.8)
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    df = tables.table("4.2", load_runs(tmp_path / "b" / "runs"))
+    assert df[df["row"] == "KD(T1,S1)"]["ours_dice"].iloc[0] == pytest.approx(0.8)
