@@ -200,6 +200,7 @@ class SliceTensors:
 # The frozen teacher: loaded once, its outputs on the student training set computed once
 
 _TEACHER_OUTPUTS: dict[tuple, dict[str, torch.Tensor]] = {}
+ALL_TEACHER_TAPS = ("enc", "bottleneck", "dec", "logits")
 
 
 def load_model(run_dir: str | Path, device: torch.device, which: str = "best") -> torch.nn.Module:
@@ -224,7 +225,10 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     step only indexes rows; a 1x1 projector is applied later at the teacher's own resolution.
     """
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    key = (str(Path(teacher_run).resolve()), tuple(data.indices.tolist()), tuple(sorted(taps)),
+    # every distillation tap is kept, whatever this configuration needs, so that all the
+    # configurations of a grid (E, B, D, PMD in any combination) share one teacher pass
+    taps = tuple(sorted(set(taps) | set(ALL_TEACHER_TAPS)))
+    key = (str(Path(teacher_run).resolve()), tuple(data.indices.tolist()), taps,
            str(device), str(dtype), data.images.shape[-1])
     if key in _TEACHER_OUTPUTS:
         return _TEACHER_OUTPUTS[key]
@@ -369,7 +373,8 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
         teacher_info = {tap: tuple(v) for tap, v in
                         read_json(Path(cfg.teacher_run) / "metrics.json")["feature_info"].items()}
         distiller = losses.Distiller(kd, teacher_info, model.feature_info).to(dev)
-        cached_teacher = teacher_outputs(cfg.teacher_run, train_data, _kd_taps(kd), dev)
+        cached_teacher = {tap: t for tap, t in teacher_outputs(cfg.teacher_run, train_data, _kd_taps(kd), dev).items()
+                          if tap in _kd_taps(kd)}
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = _make_optimizer(cfg, params)
 

@@ -47,6 +47,34 @@ def _take(rng: np.random.Generator, items: list, count: int) -> tuple[list, list
     return chosen, rest
 
 
+def _case_sizes(cache) -> dict[str, int]:
+    names, counts = np.unique(np.asarray(cache.case_ids), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts)}
+
+
+def _take_patients(rng: np.random.Generator, cases: list, sizes: dict[str, int],
+                   fraction: float, keep_one: bool) -> tuple[list, list]:
+    """The set of patients whose slice count is closest to `fraction` of all their slices
+    (at least one patient; `keep_one` leaves at least one behind); ties go to the seeded order.
+
+    Patients differ a lot in size (20 to 150 slices here), so counting patients instead of
+    slices would give validation or student sets far from the intended share of the data.
+    Up to 16 patients every subset is tried; beyond that, the best prefix of the seeded order.
+    """
+    order = [cases[i] for i in rng.permutation(len(cases))]
+    counts = [sizes[c] for c in order]
+    target = fraction * sum(counts)
+    limit = len(order) - 1 if keep_one else len(order)
+    if len(order) <= 16:
+        best = min((mask for mask in range(1, 1 << len(order)) if bin(mask).count("1") <= limit),
+                   key=lambda m: (abs(sum(c for i, c in enumerate(counts) if m >> i & 1) - target), m))
+        chosen = [c for i, c in enumerate(order) if best >> i & 1]
+    else:
+        totals = np.cumsum(counts[:limit])
+        chosen = order[: int(np.argmin(np.abs(totals - target))) + 1]
+    return chosen, [c for c in order if c not in set(chosen)]
+
+
 def _check_fraction(name: str, value: float, low_open: bool = True,
                     high_open: bool = True) -> float:
     value = float(value)
@@ -107,8 +135,17 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
                                   f"patients), got {folds}")
             if not 0 <= fold < folds:
                 raise ConfigError(f"fold must be in 0..{folds - 1}, got {fold}")
-            groups = np.array_split(np.arange(len(perm)), folds)
-            test_cases = [perm[i] for i in groups[fold]]
+            # balanced by slice count: the largest patients first, each to the fold with the
+            # fewest slices so far (ties broken by the seeded order), so one fold does not
+            # test on most of the data while training on a sliver
+            sizes = _case_sizes(cache)
+            load = [0] * folds
+            members: list[list[str]] = [[] for _ in range(folds)]
+            for case in sorted(perm, key=lambda c: -sizes[c]):
+                target = min(range(folds), key=lambda f: (load[f], f))
+                members[target].append(case)
+                load[target] += sizes[case]
+            test_cases = members[fold]
             pool = [c for c in perm if c not in set(test_cases)]
         else:
             n_test = min(len(cases) - 1, max(1, int(round(test_fraction * len(cases)))))
@@ -119,8 +156,8 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
             val_cases, train_cases = [], list(pool)
             extra["val_by"] = "none"
         elif len(pool) >= 2:
-            n_val = min(len(pool) - 1, max(1, int(round(val_fraction * len(pool)))))
-            val_cases, train_cases = _take(val_rng, pool, n_val)
+            val_cases, train_cases = _take_patients(val_rng, pool, _case_sizes(cache),
+                                                    val_fraction, keep_one=True)
             extra["val_by"] = "patient"
         else:
             val_cases, train_cases = [], list(pool)
@@ -134,8 +171,8 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
             val, train = _sorted_ints(chosen), _sorted_ints(rest)
         st_rng = np.random.default_rng([seed, 2, sub])
         if len(train_cases) >= 2:
-            n_st = max(1, int(round(student_fraction * len(train_cases))))
-            student_cases, _ = _take(st_rng, list(train_cases), n_st)
+            student_cases, _ = _take_patients(st_rng, list(train_cases), _case_sizes(cache),
+                                              student_fraction, keep_one=False)
             student = _sorted_ints(cache.indices_of(student_cases))
             extra["student_by"] = "patient"
         else:
