@@ -233,11 +233,14 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     if key in _TEACHER_OUTPUTS:
         return _TEACHER_OUTPUTS[key]
     teacher = load_model(teacher_run, device)
+    if device.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
     stored: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
     with torch.inference_mode():
         for start in bar(range(0, len(data), batch_size), desc="teacher outputs (once)", leave=False):
             image, _ = data.batch(slice(start, start + batch_size))
-            out = teacher(image)
+            with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
+                out = teacher(image)
             for tap in taps:
                 stored[tap].append(out[tap].to(dtype))
     result = {tap: torch.cat(chunks) for tap, chunks in stored.items()}
@@ -365,6 +368,8 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
                          "use more data or another split")
 
     model = models.build(cfg.model, **cfg.model_kwargs).to(dev)
+    if dev.type == "cuda" and cfg.precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)  # the fast path for bf16 convs on GPUs
     distiller, cached_teacher = None, None
     if cfg.role == "kd":
         kd = losses.KDConfig.from_dict(cfg.kd)
