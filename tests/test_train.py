@@ -114,3 +114,32 @@ def test_predict_rejects_unfinished_run(tmp_path):
                            "--input", str(tmp_path), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "metrics.json" in done.stderr
+
+
+def _cli(*args):
+    done = subprocess.run([sys.executable, "-m", "kdlib", *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_predict_and_evaluate_on_real_slices_and_dicom(tiny, tmp_path):
+    """A trained model segments the real thesis slices (PNG masks at each input's own size)
+    and a real 3D-IRCADb DICOM series (NIfTI mask), and `evaluate` scores both."""
+    from conftest import require_shared
+
+    slices, dicom = require_shared("thesis_slices"), require_shared("ircadb/3Dircadb1.1")
+    run = train.train(_baseline(tiny), tmp_path / "runs", progress=False)
+    summary = json.loads(_cli("predict", "--model", run, "--input", slices, "--out", tmp_path / "png").splitlines()[-1])
+    assert summary["inputs"] == 85 and summary["slices"] == 85
+    from PIL import Image
+
+    first = sorted((tmp_path / "png").glob("*.png"))[0]
+    assert Image.open(first).size == Image.open(slices / "images" / first.name).size
+    report = json.loads(_cli("evaluate", "--pred", tmp_path / "png", "--truth", slices))
+    assert len(report["per_volume"]["cases"]) == 4  # the four MSD cases of the thesis slices
+    summary = json.loads(_cli("predict", "--model", run, "--input", dicom, "--format", "dicom",
+                              "--out", tmp_path / "nii").splitlines()[-1])
+    assert summary["slices"] == 129
+    report = json.loads(_cli("evaluate", "--pred", tmp_path / "nii", "--truth", dicom.parent))
+    assert list(report["per_volume"]["cases"]) == ["3Dircadb1.1"]
