@@ -16,7 +16,7 @@ from typing import Any
 from . import experiments
 from .data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
 from .errors import ConfigError, KdlibError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, atomic_write_text, read_json
 from .paths import REPO_ROOT, resolve_data, results_dir
 from .train import RunConfig, is_finished, train
 
@@ -192,3 +192,48 @@ def publish_folder(out: Path, publish_dir: str = "") -> Path:
     (folder / "tables").mkdir(parents=True, exist_ok=True)
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     return folder
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def write_summary(publish: Path, runs: list[dict[str, Any]], claims_df, prov: dict[str, Any],
+                  setting: str, synthetic: bool, readme: bool = False) -> Path:
+    """`SUMMARY.md` beside the tables: the headline table (Table 4.2) and the claims table,
+    with provenance; with `readme`, the same text replaces the README's results section, so
+    the numbers a user reads there come from the pipeline, never from hand edits."""
+    from . import tables
+
+    headline = tables.headline_table([r for r in runs if r["config"]["setting"] == setting])
+    shown = headline[["row", "setting", "n", "ours_dice_text", "thesis_dice"]].rename(
+        columns={"n": "runs (folds x seeds)", "ours_dice_text": "ours: pooled Dice (95% CI)",
+                 "thesis_dice": "thesis Dice"})
+    verdicts = claims_df[[c for c in ("claim", "comparison", "verdict", "effect", "ci_low", "ci_high", "n")
+                          if c in claims_df.columns]]
+    stamp = ", ".join(f"{k}: {v}" for k, v in prov.items())
+    text = "\n".join([
+        f"### Results of the `{prov.get('profile')}` profile ({setting} setting)",
+        "",
+        ("**Generated (SYNTHETIC) data: not comparable to the thesis.**" if synthetic else
+         "Real CT, but a small set (6 patients), not the full MSD Task09: absolute numbers are "
+         "not comparable to the thesis; the comparisons between configurations are the point."),
+        "",
+        f"Provenance: {stamp}.",
+        "",
+        "Headline (Table 4.2 equivalent):",
+        "",
+        tables.to_markdown(shown),
+        "Claims of the thesis, one verdict each:",
+        "",
+        tables.to_markdown(verdicts),
+    ])
+    path = publish / "SUMMARY.md"
+    atomic_write_text(path, text)
+    if readme:
+        readme_path = REPO_ROOT / "README.md"
+        current = readme_path.read_text()
+        if README_START in current and README_END in current:
+            head, rest = current.split(README_START, 1)
+            _, tail = rest.split(README_END, 1)
+            atomic_write_text(readme_path, f"{head}{README_START}\n{text}\n{README_END}{tail}")
+    return path

@@ -35,6 +35,7 @@ data: str = "phantom"  # only recorded for provenance here
 setting: str = "corrected"  # corrected | faithful: which runs the statistics use
 publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
 device: str = ""  # "" -> cuda if available else cpu
+update_readme: bool = False  # real-mini: write the headline and claims tables into README.md
 
 # %%
 # %matplotlib inline
@@ -107,5 +108,10 @@ for row in experiments.thesis_rows(["4.1", "4.2"]):
         shown[row["row"]] = train.infer(found[0]["run_dir"], images, device=device or None)["mask"]
 viewer.mask_viewer(images, truths, shown, case_ids=list(cache.case_ids[test_idx]))
 
+# %% [markdown]
+# ## Summary: the headline table and the claims, with provenance (`SUMMARY.md`)
+
 # %%
-print(pipeline.provenance(profile, data, started))
+summary_path = pipeline.write_summary(publish, all_runs, claims_df, pipeline.provenance(profile, data, started),
+                                      setting, synthetic, readme=update_readme)
+display(Markdown(summary_path.read_text()))
