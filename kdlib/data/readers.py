@@ -421,6 +421,18 @@ def _read_2d(path: Path, kind: str) -> list[np.ndarray]:
     return frames
 
 
+def _pair_slices(imgs: dict, msks: dict, mask_name, image_name) -> list[tuple]:
+    """(key, image path, mask path) for every key; one clear error for an unpaired file."""
+    entries = []
+    for key in sorted(set(imgs) | set(msks), key=natural_key):
+        if key not in msks:
+            raise DataError("image without its mask", imgs[key], f"add {mask_name(key)} or remove the image")
+        if key not in imgs:
+            raise DataError("mask without its image", msks[key], f"add {image_name(key)} or remove the mask")
+        entries.append((key, imgs[key], msks[key]))
+    return entries
+
+
 class SlicesSource(Source):
     fmt = "slices"
     intensity = "8bit"
@@ -434,14 +446,8 @@ class SlicesSource(Source):
             self.layout = "images+masks"
             imgs = self._by_stem(root / "images")
             msks = self._by_stem(root / "masks")
-            for stem in sorted(set(imgs) | set(msks), key=natural_key):
-                if stem not in msks:
-                    raise DataError("image without its mask", imgs[stem],
-                                    f"add masks/{imgs[stem].name} or remove the image")
-                if stem not in imgs:
-                    raise DataError("mask without its image", msks[stem],
-                                    f"add images/{msks[stem].name} or remove the mask")
-                entries.append((stem, imgs[stem], msks[stem]))
+            entries = _pair_slices(imgs, msks, lambda k: f"masks/{imgs[k].name}",
+                                   lambda k: f"images/{msks[k].name}")
         else:
             self.layout = "thesis"
             imgs, msks = {}, {}
@@ -459,14 +465,7 @@ class SlicesSource(Source):
                 raise DataError("no 2D slices found (expected images/ + masks/ folders or "
                                 "image_<case>_<slice>.png + mask_<case>_<slice>.png files)",
                                 root, "point the input at a folder of slices")
-            for key in sorted(set(imgs) | set(msks), key=natural_key):
-                if key not in msks:
-                    raise DataError("image without its mask", imgs[key],
-                                    f"add mask_{key}.png or remove the image")
-                if key not in imgs:
-                    raise DataError("mask without its image", msks[key],
-                                    f"add image_{key}.png or remove the mask")
-                entries.append((key, imgs[key], msks[key]))
+            entries = _pair_slices(imgs, msks, lambda k: f"mask_{k}.png", lambda k: f"image_{k}.png")
         if not entries:
             raise DataError("empty folder: no image/mask pairs", root,
                             "add slices (PNG, JPEG or GIF) to images/ and masks/")
