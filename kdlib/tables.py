@@ -136,7 +136,11 @@ def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
             matched = matching_runs(row, described, setting) if setting else []
             rec: dict[str, Any] = {"row": row["row"], "setting": setting,
                                    "n_seeds": len({r["config"].get("seed") for r in matched}),
-                                   "n_runs": len(matched)}
+                                   "n_runs": len(matched),
+                                   # training budget(s) behind the mean: runs of different
+                                   # lengths must not be averaged silently
+                                   "epochs": "/".join(str(e) for e in sorted(
+                                       {r["config"].get("epochs") for r in matched})) or "–"}
             for m in METRICS:
                 ours = [metric_value(r["metrics"], m, metric_level) for r in matched]
                 ours = [v for v in ours if not math.isnan(v)]
