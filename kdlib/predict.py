@@ -96,7 +96,7 @@ def _resize_back(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "auto",
             label_id: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Segment every input with the trained run `model`; returns a summary with slices/s."""
-    from .train import RunConfig, infer, is_finished
+    from .train import RunConfig, infer, is_finished, load_model, pick_device
 
     run_dir, out = Path(model), Path(out)
     if not is_finished(run_dir):
@@ -106,6 +106,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     params = read_json(Path(cfg.cache) / "manifest.json")["params"]
     size, faithful, window = int(params["size"]), params.get("mode") == "faithful", params.get("hu_window")
     out.mkdir(parents=True, exist_ok=True)
+    network = load_model(run_dir, pick_device(device))  # once, not once per input file
     n_slices, n_items, seconds = 0, 0, 0.0
     for item in _inputs(Path(input), fmt):
         if item.kind == "slice":
@@ -115,7 +116,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
         height, width, depth = img8.shape
         batch = np.stack([_resize(img8[:, :, k], size, "bilinear") for k in range(depth)])
         started = time.perf_counter()
-        masks = infer(run_dir, batch, device=device)["mask"].astype(np.uint8)
+        masks = infer(run_dir, batch, device=device, model=network)["mask"].astype(np.uint8)
         seconds += time.perf_counter() - started
         full = np.stack([_resize_back(masks[k], (height, width)) for k in range(depth)], axis=2)
         n_slices, n_items = n_slices + depth, n_items + 1

@@ -479,12 +479,13 @@ def load_history(run_dir: str | Path):
 
 @torch.no_grad()
 def infer(run_dir: str | Path, images_uint8: np.ndarray, device: str | None = None,
-          batch_size: int = 32) -> dict[str, np.ndarray]:
+          batch_size: int = 32, model: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Run a trained network on uint8 slices (N, S, S): binary `mask` (the run's own
-    threshold rule), `prob`, and `recon` (N, S, S, grey) for multi-task teachers."""
+    threshold rule), `prob`, and `recon` (N, S, S, grey) for multi-task teachers.
+    Pass `model` (from `load_model`) to skip reloading it for every call."""
     dev = pick_device(device)
     cfg = RunConfig.from_dict(read_json(Path(run_dir) / "config.json"))
-    model = load_model(run_dir, dev)
+    model = model if model is not None else load_model(run_dir, dev)
     outputs: dict[str, list[np.ndarray]] = {"mask": [], "prob": [], "recon": []}
     images = torch.from_numpy(np.ascontiguousarray(images_uint8))
     for start in range(0, len(images), batch_size):
