@@ -378,8 +378,9 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
         teacher_info = {tap: tuple(v) for tap, v in
                         read_json(Path(cfg.teacher_run) / "metrics.json")["feature_info"].items()}
         distiller = losses.Distiller(kd, teacher_info, model.feature_info).to(dev)
-        cached_teacher = {tap: t for tap, t in teacher_outputs(cfg.teacher_run, train_data, _kd_taps(kd), dev).items()
-                          if tap in _kd_taps(kd)}
+        taps = _kd_taps(kd)
+        cached_teacher = {tap: t for tap, t in teacher_outputs(cfg.teacher_run, train_data, taps, dev).items()
+                          if tap in taps}
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = _make_optimizer(cfg, params)
 
