@@ -199,6 +199,11 @@ class Source:
         raise NotImplementedError
 
     def volumes(self) -> Iterator[Volume]:
+        """One Volume per case, read lazily in case order."""
+        for case in self.cases:
+            yield self._read_case(case)
+
+    def _read_case(self, case: str) -> Volume:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Volume]:
@@ -284,10 +289,9 @@ class MSDSource(Source):
             out.append(lbl)
         return out
 
-    def volumes(self):
-        for case in self.cases:
-            img, lbl = self.pairs[case]
-            yield _nifti_volume(case, img, lbl, self.label_id, self.labels_only, "msd")
+    def _read_case(self, case: str) -> Volume:
+        img, lbl = self.pairs[case]
+        return _nifti_volume(case, img, lbl, self.label_id, self.labels_only, self.fmt)
 
 
 def _label_like(path: Path) -> bool:
@@ -360,10 +364,9 @@ class NiftiSource(Source):
             out += [lbl] if self.labels_only else [img, lbl]
         return out
 
-    def volumes(self):
-        for case in self.cases:
-            img, lbl = self.pairs[case]
-            yield _nifti_volume(case, img, lbl, self.label_id, self.labels_only, "nifti")
+    def _read_case(self, case: str) -> Volume:
+        img, lbl = self.pairs[case]
+        return _nifti_volume(case, img, lbl, self.label_id, self.labels_only, self.fmt)
 
 
 # ------------------------------------------------------------------------ 2D slices
@@ -494,10 +497,6 @@ class SlicesSource(Source):
             for _, img, msk in self.groups[case]:
                 out += [msk] if self.labels_only else [img, msk]
         return out
-
-    def volumes(self):
-        for case in self.cases:
-            yield self._read_case(case)
 
     def _read_case(self, case: str) -> Volume:
         items = self.groups[case]
@@ -694,10 +693,6 @@ class DicomSource(Source):
             for d in dirs:
                 out += sorted(_visible(d.iterdir()), key=lambda q: natural_key(q.name))
         return out
-
-    def volumes(self):
-        for case in self.cases:
-            yield self._read_case(case)
 
     def _read_case(self, case: str) -> Volume:
         p = self.patients[case]
