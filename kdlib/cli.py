@@ -1,21 +1,58 @@
 """Command line: `python -m kdlib <command>`.
 
-Every command catches `KdlibError` and prints it as one line (no traceback) with exit
-status 2. Heavy modules are imported inside each handler so `--help` stays instant.
+Every command catches `KdlibError` (and OSError: permissions, disk) and prints it as one
+line (no traceback) with exit status 2; kdlib's warnings are one `kdlib: warning:` line each.
+Heavy modules are imported inside each handler so `--help` stays instant.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import KdlibError
+from .errors import ConfigError, KdlibError, KdlibWarning
+
+SIZE_RANGE = (16, 2048)  # --size bounds: 2048 x 2048 slices are already 4 MiB each
+FORMATS = ["auto", "msd", "slices", "dicom", "nifti"]
+FORMAT_HELP = ("input layout: auto (detect it), msd (MSD task folder: dataset.json, imagesTr/, "
+               "labelsTr/), slices (2D PNG/JPEG/GIF: images/ + masks/, or image_*/mask_* files), "
+               "dicom (3D-IRCADb: <patient>/PATIENT_DICOM/ + MASKS_DICOM/spleen/), nifti (a folder "
+               "of NIfTI images and label maps named *_seg/_label/_mask)")
+ORIENT_HELP = ("turn every slice before the model sees it: none, rot90, rot180, rot270 "
+               "(counter-clockwise), flipud (upside down), fliplr (left-right); for 2D slices, "
+               "which carry no orientation (NIfTI and DICOM are oriented from their headers "
+               "first)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except for required options (which have none) and
+    help texts that already say their default in words."""
+
+    def _get_help_string(self, action):
+        if action.required or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _check_size(size: int) -> int:
+    low, high = SIZE_RANGE
+    if not low <= size <= high:
+        raise ConfigError(f"--size {size} is outside {low}..{high}", None,
+                          "use e.g. --size 256 (the thesis's size)")
+    return size
+
+
+def _input_list(values: list[str]) -> list[Path]:
+    """`--input A --input B` and `--input A,B` (or both): every input, in order."""
+    return [Path(part) for value in values for part in value.split(",") if part.strip()]
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from .data.phantom import write_phantom_msd
 
+    _check_size(args.size)
     out = write_phantom_msd(args.out, cases=args.cases, seed=args.seed, size=args.size,
                             slices=args.slices)
     print(json.dumps({"cases": args.cases, "out": str(out), "synthetic": True}))
@@ -25,18 +62,20 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from .data import preprocess
 
-    summary = preprocess(args.input, args.out, fmt=args.format, size=args.size,
-                         faithful=args.faithful, label_id=args.label_id,
-                         labels_only=args.labels_only, hu_window=args.hu_window,
-                         export_png=args.export_png)
+    inputs = _input_list(args.input)
+    summary = preprocess(inputs[0] if len(inputs) == 1 else inputs, args.out, fmt=args.format,
+                         size=_check_size(args.size), faithful=args.faithful,
+                         label_id=args.label_id, labels_only=args.labels_only,
+                         hu_window=args.hu_window, export_png=args.export_png,
+                         orient=args.orient)
     print(json.dumps(summary))
     return 0
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .data.download import download_msd
+    from .data.download import download_dataset
 
-    path = download_msd(args.out, url=args.url, sha256=args.sha256)
+    path = download_dataset(args.dataset, args.out, url=args.url, sha256=args.sha256)
     print(json.dumps({"out": str(path)}))
     return 0
 
@@ -44,10 +83,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import describe_models
 
-    rows = describe_models(size=args.size)
+    rows = describe_models(size=_check_size(args.size))
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        print(f"tap shapes (channels, height, width) for one {args.size}x{args.size} input "
+              "slice (--size)")
         for row in rows:
             taps = ", ".join(f"{k}={tuple(v)}" for k, v in row["taps"].items())
             print(f"{row['name']:<6} {row['params']:>12,d}  {taps}")
@@ -65,8 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
-    summary = predict(args.model, args.input, args.out, fmt=args.format,
-                      label_id=args.label_id)
+    summary = predict(args.model, args.input, args.out, fmt=args.format, orient=args.orient)
     print(json.dumps(summary))
     return 0
 
@@ -74,7 +114,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
-    print(json.dumps(evaluate(args.pred, args.truth, fmt=args.format), indent=2))
+    print(json.dumps(evaluate(args.pred, args.truth, fmt=args.format,
+                              case_pattern=args.case_pattern), indent=2))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    written = report(args.profile, runs_dir=args.runs, publish_dir=args.out)
+    print(json.dumps({name: str(path) for name, path in written.items()}, indent=2))
     return 0
 
 
@@ -85,63 +134,127 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="execute the notebooks in order with papermill")
     p.add_argument("--profile", default="smoke", help="smoke | real-mini | thesis (notebooks/profiles/NAME.yaml)")
     p.add_argument("--data", default=None, help="override the profile's data source")
-    p.add_argument("--out", default=None, help="output folder (default results/<profile>)")
+    p.add_argument("--out", default=None, help="output folder (None: results/<profile>)")
     p.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("phantom", help="write a synthetic MSD-layout spleen CT folder")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--cases", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="in-plane size of each volume")
-    p.add_argument("--slices", type=int, default=None, help="slices per volume (default: varies per case)")
+    p.add_argument("--out", required=True, type=Path, help="new folder for the MSD-layout data")
+    p.add_argument("--cases", type=int, default=6, help="number of generated cases")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--size", type=int, default=128,
+                   help=f"in-plane size of each volume ({SIZE_RANGE[0]}..{SIZE_RANGE[1]})")
+    p.add_argument("--slices", type=int, default=None,
+                   help="slices per volume (None: MSD-like, varying per case)")
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("preprocess", help="convert a data source into a slice cache")
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--format", default="auto", choices=["auto", "msd", "slices", "dicom", "nifti"])
-    p.add_argument("--label-id", type=int, default=None, help="label to keep from a multi-label map")
-    p.add_argument("--labels-only", action="store_true", help="inventory the label volumes only")
-    p.add_argument("--faithful", action="store_true", help="reproduce the original preprocessing exactly")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    p.add_argument("--input", required=True, action="append", metavar="PATH",
+                   help="data folder; repeat it or separate paths with commas to merge several "
+                        "sources into one cache")
+    p.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
+    p.add_argument("--label-id", type=int, default=None,
+                   help="the spleen's id in multi-label maps (e.g. 1 for MSD, TotalSegmentator); "
+                        "an id that no label map holds is an error")
+    p.add_argument("--labels-only", action="store_true",
+                   help="inventory the label volumes only (no images needed)")
+    p.add_argument("--faithful", action="store_true",
+                   help="reproduce the original preprocessing exactly (HU clipped to 0..255, "
+                        "soft masks)")
+    p.add_argument("--size", type=int, default=256,
+                   help=f"slice size of the cache ({SIZE_RANGE[0]}..{SIZE_RANGE[1]})")
+    p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="HU window mapped to 0..255 (None: abdominal -160 240)")
+    p.add_argument("--orient", default="none", choices=["none", "rot90", "rot180", "rot270",
+                                                        "flipud", "fliplr"], help=ORIENT_HELP)
     p.add_argument("--export-png", action="store_true", help="also write PNGs for visual QC")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="cache folder: new, empty, or an identical finished cache (reused)")
     p.set_defaults(func=_cmd_preprocess)
 
-    p = sub.add_parser("download", help="download and unpack MSD Task09_Spleen (resumable)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--url", default=None)
-    p.add_argument("--sha256", default=None)
+    p = sub.add_parser("download", help="download and unpack a public data set (resumable, checksum-verified)")
+    p.add_argument("--dataset", default="msd", choices=["msd", "ircadb", "thesis-slices"],
+                   help="msd: MSD Task09_Spleen -> OUT/Task09_Spleen; ircadb: 3D-IRCADb-01 "
+                        "patients 1 and 7 -> OUT/ircadb (CC BY-NC-ND 4.0); thesis-slices: the "
+                        "thesis author's GIFs -> OUT/thesis_slices (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="folder to download and unpack into")
+    p.add_argument("--url", default=None, help="another address for the archive (None: the "
+                                               "data set's public source)")
+    p.add_argument("--sha256", default=None, help="expected checksum of the archive (None: the "
+                                                  "known one, where there is one)")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("models", help="list the networks, parameter counts and tap shapes")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--size", type=int, default=256,
+                   help="input slice size at which tap shapes are given (a multiple of 16)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("predict", help="segment new data with a trained run")
-    p.add_argument("--model", required=True, type=Path, help="a run folder")
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--format", default="auto", choices=["auto", "msd", "slices", "dicom", "nifti"])
-    p.add_argument("--label-id", type=int, default=None)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path,
+                   help="a finished run folder (results/<profile>/runs/<name>)")
+    p.add_argument("--input", required=True, type=Path,
+                   help="a NIfTI file, or a folder of NIfTI images, DICOM series or 2D slices "
+                        "(label maps in it are not segmented)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
+    p.add_argument("--orient", default="none", choices=["none", "rot90", "rot180", "rot270",
+                                                        "flipud", "fliplr"],
+                   help=ORIENT_HELP + "; masks are turned back to the input's orientation")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for the masks (created; existing files are never replaced)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
-    p.add_argument("--pred", required=True, type=Path)
-    p.add_argument("--truth", required=True, type=Path)
-    p.add_argument("--format", default="auto", choices=["auto", "msd", "slices", "dicom", "nifti"])
+    p.add_argument("--pred", required=True, type=Path,
+                   help="predicted masks: the --out folder of predict (binary 0/1 or 0/255)")
+    p.add_argument("--truth", required=True, type=Path,
+                   help="ground truth: the data folder the images came from")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help=FORMAT_HELP + "; of --truth")
+    p.add_argument("--case-pattern", default=None, metavar="REGEX",
+                   help="regular expression giving a 2D mask's case id (its group named 'case', "
+                        "else its first group), searched in the name without extension and "
+                        "mask_/image_ prefix, e.g. '_(?P<case>[^_]+)$' for <slice>_<organ>_<case>"
+                        ".png. None: <case>_<slice> -> <case> (the text before the last "
+                        "_<number>), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="regenerate a profile's tables, claims and summary from its run records")
+    p.add_argument("--profile", required=True, help="notebooks/profiles/NAME.yaml, e.g. real-mini")
+    p.add_argument("--runs", default=None, type=Path,
+                   help="run records folder (default: <publish_dir>/runs, else results/<profile>/runs)")
+    p.add_argument("--out", default=None, type=Path,
+                   help="where tables/ and SUMMARY.md go (default: the profile's publish_dir)")
+    p.set_defaults(func=_cmd_report)
+
+    for command in sub.choices.values():  # every option's default shown in --help
+        command.formatter_class = _HelpFormatter
     return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, KdlibWarning):
+        print(f"kdlib: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except KdlibError as exc:
         print(f"kdlib: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no: permissions, a full disk, a busy folder
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kdlib: error: {where}{exc.strerror or exc} -- check the path, its permissions "
+              "and the free disk space", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlib: interrupted; rerun the same command to resume", file=sys.stderr)

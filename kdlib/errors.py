@@ -26,3 +26,8 @@ class DataError(KdlibError):
 
 class ConfigError(KdlibError):
     """A configuration or parameter value is invalid."""
+
+
+class KdlibWarning(UserWarning):
+    """Something kdlib did to the input that the user should know about (e.g. colour
+    slices flattened to grey); the CLI prints it as one `kdlib: warning:` line."""

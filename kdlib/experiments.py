@@ -20,11 +20,47 @@ from pathlib import Path
 from typing import Any
 
 from . import losses
+from . import train as _train
 from .train import RunConfig, baseline_config, kd_run_config, teacher_config
 
 THESIS_TABLES = Path(__file__).with_name("thesis_tables.csv")
 SETTINGS = ("corrected", "faithful")
 METRICS = ("iou", "dice", "recall", "precision")
+# the thesis writes combined scales bottleneck first: B+E, B+E+D, B+D, E+D
+SCALE_ORDER = ("B", "E", "D")
+# Our KD-off controls (not the thesis's): each student with its distilled students' recipe
+# (RMSprop 1e-2, batch 20, Dice loss, 50% data, same epochs and selection) and no teacher,
+# so "distillation helps" is not confounded with the optimiser. Shown in Table 4.2 as ours.
+CONTROL_ROWS = tuple(
+    {"table": "4.2", "row": f"{s} control: KD recipe, no teacher (ours)", "teacher": "", "student": s,
+     "kd_loss": "none", "scales": "", "pmd": False, "train_fraction": 0.5, "role": "control",
+     "source": "ours", **{m: float("nan") for m in (*METRICS, "params_m")}}
+    for s in ("S1", "S2"))
+
+
+def canonical_scales(scales) -> str:
+    """One spelling of a scale set, the thesis's: "B+E+D" whatever order it is stored in."""
+    parts = scales.split("+") if isinstance(scales, str) else list(scales or ())
+    parts = [p.strip().upper() for p in parts if p and p.strip()]
+    return "+".join(s for s in SCALE_ORDER if s in parts)
+
+
+def row_role(row: dict[str, Any]) -> str:
+    """teacher (Table 4.1), baseline, control (ours) or kd."""
+    if row.get("role"):
+        return row["role"]
+    if row["table"] == "4.1":
+        return "teacher"
+    return "baseline" if row["kd_loss"] == "none" else "kd"
+
+
+def grid_rows(tables: list[str] | None = None, controls: bool = True) -> list[dict[str, Any]]:
+    """The rows to train: the thesis's rows of `tables` plus, when Table 4.2 is among them
+    (or `tables` is None), our KD-off control rows."""
+    rows = thesis_rows(tables)
+    if controls and (tables is None or "4.2" in tables):
+        rows += [dict(r) for r in CONTROL_ROWS]
+    return rows
 
 
 def thesis_rows(tables: list[str] | None = None) -> list[dict[str, Any]]:
@@ -38,6 +74,7 @@ def thesis_rows(tables: list[str] | None = None) -> list[dict[str, Any]]:
         for key in (*METRICS, "params_m", "train_fraction"):
             row[key] = float(row[key])
         row["pmd"] = row["pmd"] == "1"
+        row["source"] = "thesis"
         out.append(row)
     return out
 
@@ -64,23 +101,33 @@ def kd_config_for_row(row: dict[str, Any], setting: str) -> "losses.KDConfig":
 
 def row_config(row: dict[str, Any], cache, split, setting: str, teacher_runs: dict[str, str],
                **overrides) -> RunConfig | None:
-    """The run behind one table row (None for teacher rows of Table 4.1)."""
+    """The run behind one table row (None for teacher rows of Table 4.1). `name` in
+    `overrides` replaces the run's default label."""
     subset = "train" if row["train_fraction"] >= 1.0 else "student_train"
+    name = overrides.pop("name", None)
     common = dict(setting_overrides(setting), train_subset=subset, **overrides)
-    if row["table"] == "4.1":
+    role = row_role(row)
+    if role == "teacher":
         return None
-    if row["kd_loss"] == "none":
-        return baseline_config(row["student"], cache, split, name=f"{row['student']} baseline", **common)
+    if role == "baseline":
+        return baseline_config(row["student"], cache, split, name=name or f"{row['student']} baseline", **common)
+    if role == "control":
+        return _train.control_config(row["student"], cache, split, name=name or f"{row['student']} control",
+                                     **common)
     teacher_run = teacher_runs.get(row["teacher"])
     if teacher_run is None:
         raise KeyError(f"no trained teacher {row['teacher']} for row {row['row']!r}")
-    name = f"KD({row['teacher']},{row['student']}) {row['kd_loss']} {row['scales']}{'+PMD' if row['pmd'] else ''}"
+    name = name or (f"KD({row['teacher']},{row['student']}) {row['kd_loss']} {row['scales']}"
+                    f"{'+PMD' if row['pmd'] else ''}")
     return kd_run_config(teacher_run, row["student"], kd_config_for_row(row, setting), cache, split,
                          name=name, **common)
 
 
 def describe(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
-    """The thesis-table columns a run corresponds to (to join runs with thesis rows)."""
+    """The thesis-table columns a run corresponds to (to join runs with thesis rows).
+
+    Scales are written in the thesis's order (`canonical_scales`), whatever order the
+    run's KD configuration stores them in, so every join uses one name per configuration."""
     cfg = config.to_dict() if isinstance(config, RunConfig) else config
     kd = cfg.get("kd") or {}
     teacher = None
@@ -94,7 +141,7 @@ def describe(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
         "role": cfg["role"],
         "teacher": teacher,
         "kd_loss": kd.get("loss", "none") if kd else "none",
-        "scales": "+".join(kd.get("scales", [])) if kd else "",
+        "scales": canonical_scales(kd.get("scales", [])) if kd else "",
         "pmd": bool(kd) and kd.get("pmd", "off") != "off",
         "train_fraction": 1.0 if cfg["train_subset"] == "train" else 0.5,
         "setting": cfg["setting"],
@@ -103,11 +150,15 @@ def describe(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
 
 
 def row_matches(row: dict[str, Any], desc: dict[str, Any]) -> bool:
-    if row["table"] == "4.1":
+    role = row_role(row)
+    if role == "teacher":
         return desc["role"] == "teacher" and desc["model"] == row["student"]
-    return (desc["role"] != "teacher" and desc["student"] == row["student"]
+    if role in ("baseline", "control") or desc["role"] in ("baseline", "control"):
+        return (desc["role"] == role and desc["student"] == row["student"]
+                and desc["train_fraction"] == row["train_fraction"])
+    return (desc["student"] == row["student"]
             and (desc["teacher"] or "") == (row["teacher"] or "")
-            and desc["kd_loss"] == row["kd_loss"] and desc["scales"] == row["scales"]
+            and desc["kd_loss"] == row["kd_loss"] and desc["scales"] == canonical_scales(row["scales"])
             and desc["pmd"] == row["pmd"] and desc["train_fraction"] == row["train_fraction"])
 
 

@@ -93,6 +93,13 @@ def _column(df, *names):
     return None
 
 
+def _integer_epochs(ax) -> None:
+    """Epochs are counts: no 2.5 on the axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _grid(n: int, ncols: int | None = None):
     ncols = ncols or min(4, max(n, 1))
     nrows = max(1, math.ceil(n / ncols))
@@ -120,6 +127,7 @@ def training_curves(histories: Mapping[str, Any], title: str = "", synthetic: bo
         if val_loss is not None:
             lines += ax.plot(epoch, val_loss, color="#0072B2", lw=1.0, ls="--", label="val seg loss")
         ax.set_xlabel("epoch")
+        _integer_epochs(ax)
         ax.set_ylabel("loss")
         ax.set_title(str(label), fontsize=9)
         twin = ax.twinx()
@@ -166,6 +174,7 @@ def teacher_curves(histories: Mapping[str, Any], synthetic: bool = False):
                 ax.plot(epoch, val, lw=1.2, color="#D55E00", label="validation")
             if train is not None or val is not None:
                 ax.set_xlabel("epoch")
+                _integer_epochs(ax)
                 ax.set_ylabel("loss")
                 ax.legend(fontsize=8, frameon=False)
             ax.set_title(f"{label}: {what} loss", fontsize=9)
@@ -287,7 +296,15 @@ def qualitative_panel(images, truths, predictions: Mapping[str, Any], titles: Se
             ax.text(0.03, 0.04, f"Dice {dice(pred[idx], gt[idx]):.2f}", transform=ax.transAxes,
                     fontsize=7, color="white", bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
     fig.suptitle(_title(title or "Predictions (dashed green: ground truth)", synthetic), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    from matplotlib.patches import Patch
+
+    legend = [Patch(facecolor=GT_COLOUR, edgecolor=GT_COLOUR, alpha=0.6, label="ground truth")]
+    legend += [Patch(facecolor=MODEL_COLOURS[i % len(MODEL_COLOURS)], edgecolor=MODEL_COLOURS[i % len(MODEL_COLOURS)],
+                     alpha=0.6, label=str(name)) for i, name in enumerate(preds)]
+    bottom = 0.45 / fig.get_figheight()
+    fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 4), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
     return fig
 
 
@@ -350,19 +367,48 @@ def reconstruction_panel(images, recons, n: int = 4, indices: Sequence[int] | No
 # Effects
 
 
-def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dice difference to baseline"):
-    """Dice difference to the baseline with its CI, one line per configuration.
+FOREST_ROWS_PER_PANEL = 20
 
-    `df` columns: `label`, `diff`, `ci_low`, `ci_high` (optional `n` or `n_pairs`, `p`); rows without a
-    CI are drawn as points only. A vertical line marks 0 (no difference).
+
+def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dice difference to reference"):
+    """Difference to the reference (baseline or control) with its 95% CI, one line per comparison.
+
+    `df` columns: `label`, `diff`, `ci_low`, `ci_high` (optional `n` or `n_pairs`, `p`,
+    `reference`, `pair`); rows without a CI are drawn as points only, and a plot where no
+    row has an interval says so in its title. More than `FOREST_ROWS_PER_PANEL` rows with a
+    `pair` column (teacher->student) are split into one panel per pair. A vertical line
+    marks 0 (no difference).
     """
     plt = _plt()
     missing = {"label", "diff", "ci_low", "ci_high"} - set(df.columns)
     if missing:
         raise DataError(f"forest_plot needs columns {sorted(missing)}")
     data = df.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7, 0.42 * len(data) + 1.4))
+    if "reference" in data.columns and data["reference"].nunique() > 1:
+        data = data.assign(label=[f"{lab}  vs {ref}" for lab, ref in zip(data["label"], data["reference"])])
+    if "pair" in data.columns and len(data) > FOREST_ROWS_PER_PANEL:
+        panels = [(str(pair), part.reset_index(drop=True)) for pair, part in data.groupby("pair", sort=True)]
+    else:
+        panels = [("", data)]
+    heights = [0.36 * len(part) + 0.7 for _, part in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights) + 0.8), squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, sharex=True)
+    for ax, (name, part) in zip(axes[:, 0], panels):
+        _forest_panel(ax, part)
+        if name:
+            ax.set_title(name, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel(xlabel)
+    has_ci = any(not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["ci_low"], data["ci_high"]))
+    default = "Effect of distillation (95% CI)" if has_ci else \
+        "Effect of distillation (no intervals: one unit per comparison, n=1)"
+    fig.suptitle(_title(title or default, synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _forest_panel(ax, data) -> None:
     y = np.arange(len(data))[::-1]
+    n_col = "n" if "n" in data.columns else "n_pairs" if "n_pairs" in data.columns else None
     for yi, row in zip(y, data.itertuples(index=False)):
         diff, low, high = float(row.diff), float(row.ci_low), float(row.ci_high)
         has_ci = not (math.isnan(low) or math.isnan(high))
@@ -371,7 +417,6 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
             ax.plot([low, high], [yi, yi], color=colour, lw=1.6)
         ax.plot([diff], [yi], "o", color=colour, ms=5)
         note = []
-        n_col = "n" if "n" in data.columns else "n_pairs" if "n_pairs" in data.columns else None
         if n_col and not _isnan(getattr(row, n_col)):
             note.append(f"n={int(getattr(row, n_col))}")
         if "p" in data.columns and not _isnan(getattr(row, "p")):
@@ -382,11 +427,7 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels([str(v) for v in data["label"]], fontsize=8)
-    ax.set_xlabel(xlabel)
     ax.set_ylim(-0.7, len(data) - 0.3)
-    ax.set_title(_title(title or "Effect of distillation (95% CI)", synthetic), fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def _isnan(value) -> bool:

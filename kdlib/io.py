@@ -18,11 +18,42 @@ from typing import Any, Iterator
 from .errors import KdlibError
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_path(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX, dir=dest.parent)
+    # mkstemp creates 0600 whatever the umask; results are meant to be shared like any file
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     return Path(name)
+
+
+def remove_stale_tmp(folder: str | Path) -> list[Path]:
+    """Delete the temporary files/folders (`.<name>.<random>.tmp`) that a killed write left
+    in `folder` (recursively). Call it only while holding the folder's lock."""
+    removed = []
+    for tmp in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}"), reverse=True):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -80,10 +111,18 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
         raise KdlibError("refusing to overwrite an existing folder", dest,
                          "delete it or choose another output folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX, dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700 whatever the umask
     try:
         yield tmp
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            if not dest.exists():
+                raise
+            # another process finished the same folder first (rename onto a non-empty folder)
+            raise KdlibError("another process created this folder at the same time", dest,
+                             "use the folder it made, or delete it and run again") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -116,7 +116,19 @@ def pmd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mode: s
         With one channel, softmax == 1 and log_softmax == 0, so value and gradient are
         exactly zero (kept to reproduce the original's objective).
     mode "binary": KL(teacher || student) between the per-pixel Bernoulli distributions
-        p = sigmoid(z/T) and 1 - p, averaged over pixels, times T^2.
+        p = sigmoid(z/T) and 1 - p, averaged over pixels (and images), times T^2:
+
+            pmd = T^2 * mean_{b,h,w} [ p_t log(p_t/p_s) + (1-p_t) log((1-p_t)/(1-p_s)) ]
+
+        Scale, chosen on purpose: the original's `batchmean` sums over pixels and divides by
+        the batch only, i.e. H*W times this value (4096x at 64x64, 65536x at 256x256). Its
+        term is identically zero, so no working magnitude exists to copy, and the weights
+        (w_pmd 0.1-0.2) were set next to Dice and InfoNCE terms of order 0.1-1. The pixel
+        mean keeps PMD on that scale at every resolution (the same w_pmd means the same
+        balance at 64x64 and at 256x256, and a one-pixel disagreement weighs the same as in
+        Dice's pooled fractions), as pixel-wise distillation losses for segmentation usually
+        do; `batchmean` would make PMD's gradient dominate the segmentation loss by 3-5
+        orders of magnitude and change with the input size. Multiply by H*W for batchmean.
     """
     s = _full(student_logits)
     t = _full(teacher_logits).to(s.dtype)
@@ -284,14 +296,18 @@ class Distiller(nn.Module):
     only the taps in use (and "logits" when PMD is on) are read from it. Any batch size.
     With projector="learned" the 1x1 convs are sub-modules (`self.projectors`): give
     `distiller.parameters()` to the optimiser and keep `state_dict()` in checkpoints.
+    With projector="random", pass `generator` (a CPU `torch.Generator` seeded from the run's
+    seed, its state checkpointed) so the fresh projectors depend on the run's seed only.
     """
 
     def __init__(self, cfg: KDConfig, teacher_info: dict, student_info: dict,
-                 teacher_name: str | None = None, student_name: str | None = None):
+                 teacher_name: str | None = None, student_name: str | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(cfg, KDConfig):
             raise ConfigError(f"Distiller needs a KDConfig, got {type(cfg).__name__}")
         self.cfg = cfg
+        self.generator = generator  # CPU generator of the random projectors (None: global RNG)
         self.teacher_name, self.student_name = teacher_name, student_name
         if teacher_name is not None and student_name is not None:
             _check_pair_scales(*_pair(teacher_name, student_name), cfg.scales)
@@ -319,14 +335,20 @@ class Distiller(nn.Module):
                          for k, v in self.plan.items())
         return f"cfg={self.cfg}, plan={{{plan}}}"
 
-    def _projector(self, scale: str, like: torch.Tensor) -> nn.Module:
+    def _projector(self, scale: str, like: torch.Tensor):
         if self.cfg.projector == "learned":
             return self.projectors[scale]
         _, cin, cout = self.plan[scale]
-        # faithful: a fresh conv from the global (CPU) RNG at every call, never trained
-        conv = nn.Conv2d(cin, cout, 1)
-        conv.requires_grad_(False)
-        return conv.to(device=like.device, dtype=like.dtype)
+        # faithful: a fresh, never-trained 1x1 conv at every call, drawn as nn.Conv2d's
+        # default init does (weight and bias ~ U(-1/sqrt(cin), 1/sqrt(cin))), but from the
+        # run's own generator when one is given, so that the draws do not depend on what
+        # else consumed the global RNG before (e.g. loading a teacher that was not cached)
+        bound = 1.0 / math.sqrt(cin)
+        draw = torch.rand(cout * cin + cout, generator=self.generator, dtype=torch.float32)
+        draw = (draw * 2 - 1) * bound
+        weight = draw[: cout * cin].reshape(cout, cin, 1, 1).to(device=like.device, dtype=like.dtype)
+        bias = draw[cout * cin:].to(device=like.device, dtype=like.dtype)
+        return lambda x: F.conv2d(x, weight, bias)
 
     def match(self, scale: str, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project (1x1 conv) and resize (bilinear to the student's size) one scale's maps."""

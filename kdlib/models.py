@@ -368,7 +368,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def describe_models(size: int = 256) -> list[dict]:
-    """One row per model: name, label, role, params, taps {tap: [C, H, W]} at `size`.
+    """One row per model: name, label, role, params, input_size, taps {tap: [C, H, W]} for
+    one `size` x `size` input slice.
 
     Built on the meta device (no memory, no forward pass). T2 is built for `size`; its
     parameter count equals the thesis's 172,625,028 only at 256, and rows where the count
@@ -383,6 +384,7 @@ def describe_models(size: int = 256) -> list[dict]:
         params = count_parameters(model)
         row = {"name": name, "label": LABELS[name],
                "role": "teacher" if name in TEACHERS else "student", "params": params,
+               "input_size": size,  # the taps below are for one size x size input slice
                "taps": {tap: [c, size // s, size // s] for tap, (c, s) in model.feature_info.items()}}
         if name == "T2" and size != 256:
             row["note"] = (f"T2's ViT patch size depends on the input size; built for {size}x{size} "

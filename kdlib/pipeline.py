@@ -69,8 +69,13 @@ def data_inputs(data: str, out: Path, phantom_cases: int, phantom_size: int,
 def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], settings: list[str],
             split_seed: int = 42, folds: int = 0, test_fraction: float = 0.2,
             val_fraction: float = 0.2, student_fraction: float = 0.5,
-            export_png: bool = False) -> dict[str, Any]:
-    """Slice cache + split(s) per setting; writes and returns `prepared.json`."""
+            export_png: bool = False, fold_cases: list[dict[str, list[str]]] | None = None
+            ) -> dict[str, Any]:
+    """Slice cache + split(s) per setting; writes and returns `prepared.json`.
+
+    `fold_cases` names each fold's patients, e.g. `[{"test": ["3Dircadb1.1"], "val":
+    ["spleen_3"]}, ...]` (one dict per fold; "val" optional): it replaces `folds` in the
+    corrected setting (the faithful split stays one split by slice)."""
     prepared: dict[str, Any] = {}
     for setting in settings:
         if setting not in experiments.SETTINGS:
@@ -82,13 +87,20 @@ def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], se
                              export_png=export_png)
         cache = SliceCache.load(cache_dir)
         split_paths = []
-        n_folds = 1 if faithful or not folds else folds
+        named = [] if faithful else list(fold_cases or [])
+        for entry in named:
+            if not isinstance(entry, dict) or not entry.get("test") or set(entry) - {"test", "val"}:
+                raise ConfigError(f"fold_cases entry {entry!r} is invalid", None,
+                                  'give one {"test": [...], "val": [...]} per fold')
+        n_folds = len(named) if named else (1 if faithful or not folds else folds)
         for fold in range(n_folds):
             split = make_split(cache, mode="faithful" if faithful else "patient", seed=split_seed,
                                test_fraction=test_fraction, val_fraction=val_fraction,
                                student_fraction=student_fraction,
                                folds=None if n_folds == 1 else n_folds,
-                               fold=None if n_folds == 1 else fold)
+                               fold=None if n_folds == 1 else fold,
+                               test_cases=named[fold]["test"] if named else None,
+                               val_cases=named[fold].get("val") if named else None)
             path = out / "splits" / f"{setting}-{size}-fold{fold}.json"
             save_split(split, path)
             split_paths.append(str(path))
@@ -115,8 +127,11 @@ def model_kwargs(model: str, size: int) -> dict[str, Any]:
 
 def train_teachers(out: Path, teachers_by_setting: dict[str, list[str]], epochs: int,
                    batch_size: int = 8, seeds: list[int] | None = None, precision: str = "fp32",
-                   device: str | None = None) -> dict[str, Any]:
-    """Train every teacher for every setting and fold; writes and returns `teachers.json`."""
+                   device: str | None = None, **options) -> dict[str, Any]:
+    """Train every teacher for every setting and fold; writes and returns `teachers.json`.
+
+    `options` go to every teacher's RunConfig, e.g. `patience`, `min_delta` (early stopping
+    on validation Dice; `epochs` is then the cap), `weights_dtype`, `keep_last`."""
     prepared = load_prepared(out)
     registry: dict[str, Any] = read_json(out / TEACHERS) if (out / TEACHERS).exists() else {}
     for setting, teachers in teachers_by_setting.items():
@@ -130,7 +145,7 @@ def train_teachers(out: Path, teachers_by_setting: dict[str, list[str]], epochs:
                     cfg = experiments.teacher_run_config(
                         model, entry["cache"], split, setting, epochs=epochs, batch_size=batch_size,
                         seed=seed, precision=precision, model_kwargs=model_kwargs(model, prepared["size"]),
-                        name=model)
+                        name=model, **options)
                     run_dir = train(cfg, out / "runs", device=device)
                     registry.setdefault(setting, {}).setdefault(str(fold), {})[model] = str(run_dir)
                     atomic_write_json(out / TEACHERS, registry)
@@ -194,39 +209,149 @@ def publish_folder(out: Path, publish_dir: str = "") -> Path:
     return folder
 
 
+RECORD_FILES = ("config.json", "history.csv", "metrics.json")  # never checkpoints
+DATA_FACTS = "DATA.json"
+
+
+def data_facts(out: Path) -> dict[str, Any]:
+    """What the profile's data was, per setting, from `prepared.json` and each cache's
+    manifest: resolution, HU window (None when the sources were 8-bit slices only),
+    intensity mapping, patients and slices in the cache, folds, synthetic."""
+    prepared = load_prepared(out)
+    facts: dict[str, Any] = {}
+    for setting, entry in prepared.items():
+        if not isinstance(entry, dict) or "cache" not in entry:
+            continue
+        manifest_path = Path(entry["cache"]) / "manifest.json"
+        manifest = read_json(manifest_path) if manifest_path.exists() else {}
+        params = manifest.get("params", {})
+        summary = entry.get("summary", {})
+        facts[setting] = {"size": params.get("size", prepared.get("size")), "hu_window": params.get("hu_window"),
+                          "hu_mapping": params.get("hu_mapping") or params.get("slice_intensity") or "",
+                          "cases": summary.get("cases"), "slices": summary.get("slices"),
+                          "folds": len(entry.get("splits", [])), "synthetic": bool(entry.get("synthetic"))}
+    return facts
+
+
+def publish_runs(out: Path, publish: Path) -> Path:
+    """Copy every finished run's small records (config.json, history.csv, metrics.json;
+    never checkpoints) to `<publish>/runs/<run folder>/`, with `DATA.json` (`data_facts`),
+    so that `kdlib.report` can regenerate every table and claim from them alone."""
+    from .io import atomic_write_bytes
+    from .train import load_runs
+
+    target = publish / "runs"
+    for run in load_runs(out / "runs"):
+        source = Path(run["run_dir"])
+        for name in RECORD_FILES:
+            if (source / name).exists():
+                data = (source / name).read_bytes()
+                dest = target / source.name / name
+                if not dest.exists() or dest.read_bytes() != data:
+                    atomic_write_bytes(dest, data)
+    atomic_write_json(target / DATA_FACTS, data_facts(out))
+    return target
+
+
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+THESIS_SCALE = {"patients": 41, "size": 256, "student_epochs": 120, "teacher_epochs": 200}
+
+VERDICT_DEFINITIONS = (
+    "Verdicts: **supported**: the 95% CI of the effect lies entirely on the side the thesis claims; "
+    "**contradicted**: it lies entirely on the other side; **inconclusive**: it spans the boundary "
+    "(`mde` says what effect this design could detect); **not testable here**: runs are missing or "
+    "run-to-run variation is unmeasured; **not run in this profile**: the profile did not train those "
+    "runs on purpose. Claims of the form \"no better than\" or \"matches\" use the stated margin "
+    "(`criterion`). `consistent_with_thesis`: whether the thesis's own effect lies inside our CI.")
 
 
-def write_summary(publish: Path, runs: list[dict[str, Any]], claims_df, prov: dict[str, Any],
-                  setting: str, synthetic: bool, readme: bool = False) -> Path:
-    """`SUMMARY.md` beside the tables: the headline table (Table 4.2) and the claims table,
-    with provenance; with `readme`, the same text replaces the README's results section, so
-    the numbers a user reads there come from the pipeline, never from hand edits."""
+def _epochs(runs: list[dict[str, Any]], roles: tuple[str, ...]) -> str:
+    found = sorted({int(r["config"]["epochs"]) for r in runs
+                    if r["config"].get("role") in roles and r["config"].get("epochs")})
+    return "/".join(map(str, found)) or "–"
+
+
+def describe_budget(runs: list[dict[str, Any]], facts: dict[str, Any] | None, synthetic: bool) -> str:
+    """The data and training budget behind a summary, from the runs' own records (and the
+    profile's `data_facts` when available): never a sentence written once for all profiles."""
+    facts = facts or {}
+    patients = sorted({c for r in runs for c in ((r["metrics"].get("per_volume") or {}).get("cases") or {})})
+    folds = len({r["config"].get("split") for r in runs if r["config"].get("role") != "teacher"})
+    seeds = len({r["config"].get("seed") for r in runs if r["config"].get("role") != "teacher"})
+    size = facts.get("size")
+    window = facts.get("hu_window")
+    window_text = (f"HU window [{window[0]:g}, {window[1]:g}]" if window else
+                   "no HU window recorded (8-bit slices, or data facts not published)")
+    if facts.get("hu_mapping"):
+        window_text += f" ({facts['hu_mapping']})"
+    student_epochs, teacher_epochs = _epochs(runs, ("baseline", "control", "kd")), _epochs(runs, ("teacher",))
+    patients_text = f"{len(patients)} test patients" + (
+        f" of {facts['cases']} in the cache" if facts.get("cases") else "") + (
+        f" ({facts['slices']} slices)" if facts.get("slices") else "") + (f" at {size}x{size}" if size else "")
+    parts = [("Generated (SYNTHETIC) data" if synthetic else "Real CT") + f": {patients_text};", f"{window_text};",
+             f"students trained {student_epochs} epochs, teachers {teacher_epochs};",
+             f"{folds} fold(s) x {seeds} seed(s)."]
+    text = " ".join(p for p in parts if p)
+    smaller = [what for what, ours, thesis in (
+        ("patients", len(patients) if not facts.get("cases") else facts["cases"], THESIS_SCALE["patients"]),
+        ("resolution", size or 0, THESIS_SCALE["size"]),
+        ("student epochs", max([int(e) for e in student_epochs.split("/") if e.isdigit()] or [0]),
+         THESIS_SCALE["student_epochs"])) if ours < thesis]
+    if synthetic:
+        return text + " Not comparable to the thesis."
+    if smaller:
+        return (text + f" Smaller than the thesis's setup (MSD Task09: 41 patients, 256x256, 120 student / 200 "
+                f"teacher epochs) in {', '.join(smaller)}: absolute numbers are not comparable to the thesis's.")
+    return text + " At the thesis's scale."
+
+
+def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], setting: str, synthetic: bool,
+                 facts: dict[str, Any] | None = None) -> str:
+    """SUMMARY.md's text: budget, headline table (Table 4.2 with our controls), claim 1
+    against the baseline and against the control, and every claim's verdict."""
     from . import tables
 
-    headline = tables.headline_table([r for r in runs if r["config"]["setting"] == setting])
-    shown = headline[["row", "setting", "n", "ours_dice_text", "thesis_dice"]].rename(
-        columns={"n": "runs (folds x seeds)", "ours_dice_text": "ours: pooled Dice (95% CI)",
-                 "thesis_dice": "thesis Dice"})
-    verdicts = claims_df[[c for c in ("claim", "comparison", "verdict", "effect", "ci_low", "ci_high", "n")
-                          if c in claims_df.columns]]
+    runs = [r for r in runs if r["config"]["setting"] == setting]
+    headline = tables.headline_table(runs)
+    shown = headline[["row", "setting", "n", "patients", "ours_dice", "ours_dice_text", "thesis_dice"]].rename(
+        columns={"n": "runs (folds x seeds)", "ours_dice": "ours: pooled Dice",
+                 "ours_dice_text": "ours: mean per-patient Dice (95% CI)", "thesis_dice": "thesis Dice"})
+    claims_df = claims_df[claims_df["setting"] == setting] if len(claims_df) else claims_df
+    columns = ["claim_id", "comparison", "verdict", "effect", "ci_low", "ci_high", "thesis_effect",
+               "consistent_with_thesis", "criterion", "mde", "n_patients", "n_runs"]
+    verdicts = claims_df[[c for c in columns if c in claims_df.columns]]
+    first = verdicts[verdicts["claim_id"] == "1"] if len(verdicts) else verdicts
     stamp = ", ".join(f"{k}: {v}" for k, v in prov.items())
-    text = "\n".join([
+    return "\n".join([
         f"### Results of the `{prov.get('profile')}` profile ({setting} setting)",
         "",
-        ("**Generated (SYNTHETIC) data: not comparable to the thesis.**" if synthetic else
-         "Real CT, but a small set (6 patients), not the full MSD Task09: absolute numbers are "
-         "not comparable to the thesis; the comparisons between configurations are the point."),
+        describe_budget(runs, (facts or {}).get(setting), synthetic),
         "",
         f"Provenance: {stamp}.",
         "",
-        "Headline (Table 4.2 equivalent):",
+        "Headline (Table 4.2; the control rows are ours, not the thesis's: each student trained with its "
+        "distilled students' recipe and no teacher):",
         "",
         tables.to_markdown(shown),
-        "Claims of the thesis, one verdict each:",
+        "Does distillation improve S1? Against the thesis's baseline (as the thesis) and against the "
+        "KD-off control (distillation itself):",
+        "",
+        tables.to_markdown(first),
+        "Claims of the thesis, one verdict per comparison (unit: the test patient):",
         "",
         tables.to_markdown(verdicts),
+        VERDICT_DEFINITIONS,
+        "",
     ])
+
+
+def write_summary(publish: Path, runs: list[dict[str, Any]], claims_df, prov: dict[str, Any],
+                  setting: str, synthetic: bool, readme: bool = False,
+                  facts: dict[str, Any] | None = None) -> Path:
+    """`SUMMARY.md` beside the tables (`summary_text`); with `readme`, the same text replaces
+    the README's results section, so the numbers a user reads there come from the pipeline,
+    never from hand edits."""
+    text = summary_text(runs, claims_df, prov, setting, synthetic, facts)
     path = publish / "SUMMARY.md"
     atomic_write_text(path, text)
     if readme:

@@ -3,86 +3,117 @@
 `predict` applies exactly the preprocessing the model was trained with (read from the slice
 cache manifest that its run folder points to): the same HU mapping, the same slice size.
 Outputs keep each input's own geometry:
-- a NIfTI volume (or an MSD folder of them) -> a NIfTI mask with the input's affine;
+- a NIfTI volume (or an MSD folder of them; label maps found next to the images are not
+  segmented) -> a NIfTI mask with the input's affine, in the input's own voxel order;
 - a folder of 2D slices (PNG/JPEG/GIF) -> one PNG mask (0/255) per input, at its own size;
-- a DICOM series (3D-IRCADb layout) -> a NIfTI mask per patient, in the orientation kdlib's
-  reader uses (the thesis orientation), with the series' pixel spacing.
+- a DICOM series (3D-IRCADb layout) -> a NIfTI mask per patient, in kdlib's canonical
+  orientation, with the series' voxel spacing.
+Volumes are brought to the thesis orientation from their headers (as the readers do) before
+the model sees them; 2D slices carry no orientation, so `orient` (rot90, flipud, ...) turns
+them, and every mask is turned back to the input's orientation.
+
+The contract: every input is found and checked before anything is written; all outputs are
+written to a staging folder and moved into `out` only when every input succeeded; an
+existing file is never replaced. Work goes slab by slab, so memory does not grow with the
+number of slices of a NIfTI volume (beyond the uint8 mask it writes).
 """
 from __future__ import annotations
 
+import errno
 import gzip
+import os
+import re
+import shutil
 import time
+import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from .data.cache import _resize, hu_to_uint8
-from .data.readers import (IMAGE_EXTS, _dicom_orient, _load_nifti, _read_2d, _read_dicom_series,
-                           natural_key, nifti_stem, parse_slice_name)
-from .errors import DataError
-from .io import atomic_path, atomic_write_bytes, read_json
+from .data.cache import SLAB, _resize, hu_to_uint8, move_new
+from .data.readers import (IMAGE_EXTS, ORIENT_OPS, NiftiVolume, _is_nifti, _label_like,
+                           _read_2d, load_dicom_series, natural_key, nifti_stem, orient_slices,
+                           parse_slice_name)
+from .errors import DataError, KdlibError, KdlibWarning
+from .io import read_json
 from .metrics import SegmentationMeter
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# a model trained with spleen on more than this fraction of its slices is expected to find
+# spleen somewhere; finding none anywhere usually means the inputs are turned (see --orient)
+MOSTLY_POSITIVE = 0.5
 
 
 @dataclass
 class InputItem:
-    name: str                  # output file stem / case id
-    kind: str                  # nifti | slice | dicom
-    pixels: np.ndarray         # (H, W, S) float HU, or (H, W, F) uint8 for 2D slices
-    path: Path
-    spacing: tuple = (1.0, 1.0, 1.0)
+    name: str    # output file stem / case id
+    kind: str    # nifti | slice | dicom
+    path: Path   # the file (nifti, slice) or the series folder (dicom)
+
+    def outputs(self) -> list[str]:
+        """Output names known before reading pixels (multi-frame slices add `_fNN`)."""
+        return [f"{self.name}.png"] if self.kind == "slice" else [f"{self.name}.nii.gz"]
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES)
-
-
-def _inputs(path: Path, fmt: str) -> Iterator[InputItem]:
-    """Images only (no labels needed): what a user wants segmented."""
+def _discover(path: Path, fmt: str) -> list[InputItem]:
+    """The images to segment (no labels needed), found and named before any pixel is read."""
     if not path.exists():
         raise DataError("input not found", path, "check the path")
     if path.is_file():
         if not _is_nifti(path):
-            raise DataError("a single input file must be NIfTI", path, "give a folder for 2D slices or DICOM")
-        pixels, spacing = _load_nifti(path, "image")
-        yield InputItem(nifti_stem(path), "nifti", pixels, path, spacing)
-        return
+            raise DataError("a single input file must be NIfTI", path,
+                            "give a folder for 2D slices or DICOM")
+        return [InputItem(nifti_stem(path), "nifti", path)]
     for sub in ("imagesTs", "imagesTr"):
         if fmt in ("auto", "msd") and (path / sub).is_dir():
-            yield from _inputs(path / sub, "nifti")
-            return
-    entries = sorted((p for p in path.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+            return _discover(path / sub, "nifti")
+    entries = sorted((p for p in path.iterdir() if not p.name.startswith(".")),
+                     key=lambda p: natural_key(p.name))
     if not entries:
         raise DataError("empty folder", path, "point --input at a folder with images")
     patients = [p for p in entries if (p / "PATIENT_DICOM").is_dir()]
     if (path / "PATIENT_DICOM").is_dir():
         patients = [path]
     if fmt == "dicom" or (fmt == "auto" and patients):
-        for patient in patients or [path]:
-            series = patient / "PATIENT_DICOM" if (patient / "PATIENT_DICOM").is_dir() else patient
-            items = _read_dicom_series(series, "image")
-            volume = np.stack([_dicom_orient(item[1]) for item in items], axis=2)
-            spacing = tuple(float(v) for v in getattr(items[0][3], "PixelSpacing", [1.0, 1.0]))
-            yield InputItem(patient.name, "dicom", volume, series, (*spacing, 1.0))
-        return
+        return [InputItem(p.name, "dicom", p / "PATIENT_DICOM" if (p / "PATIENT_DICOM").is_dir()
+                          else p) for p in patients or [path]]
     niftis = [p for p in entries if _is_nifti(p)]
     if fmt in ("nifti", "msd") or (fmt == "auto" and niftis):
-        for p in niftis:
-            pixels, spacing = _load_nifti(p, "image")
-            yield InputItem(nifti_stem(p), "nifti", pixels, p, spacing)
-        return
+        images = [p for p in niftis if not _label_like(p)]  # a label map is not an input
+        if not images:
+            raise DataError("no NIfTI images here (only label maps: names with seg, label or "
+                            "mask)", path, "point --input at the images")
+        return [InputItem(nifti_stem(p), "nifti", p) for p in images]
     folder = path / "images" if (path / "images").is_dir() else path
     images = [p for p in sorted(folder.iterdir(), key=lambda p: natural_key(p.name))
               if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(("mask_", "."))]
     if not images:
         raise DataError("no NIfTI, DICOM or 2D image files found", path,
                         "use --format, or point --input at the folder holding the images")
-    for p in images:
-        yield InputItem(p.stem, "slice", np.stack(_read_2d(p, "image"), axis=2), p)
+    return [InputItem(p.stem, "slice", p) for p in images]
+
+
+def _check_outputs(items: list[InputItem], out: Path) -> None:
+    seen: dict[str, Path] = {}
+    for item in items:
+        for name in item.outputs():
+            if name in seen:
+                raise DataError(f"two inputs would both write {name} ({seen[name].name} and "
+                                f"{item.path.name})", item.path, "rename one of them")
+            seen[name] = item.path
+            if out.is_dir():
+                taken = [out / name] if (out / name).exists() else []
+                if item.kind == "slice":
+                    taken += list(out.glob(f"{glob_escape(item.name)}_f[0-9][0-9].png"))
+                if taken:
+                    raise DataError("refusing to overwrite an existing result", taken[0],
+                                    "delete it or choose another --out folder")
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _resize_back(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -93,65 +124,177 @@ def _resize_back(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
 
 
+class _Segmenter:
+    """Slabs of one input -> a uint8 0/1 mask of the input's own (H, W, S) shape."""
+
+    def __init__(self, run_dir: Path, network, size: int, faithful: bool, window, orient: str,
+                 device):
+        self.run_dir, self.network, self.size = run_dir, network, size
+        self.faithful, self.window, self.orient, self.device = faithful, window, orient, device
+        self.seconds = 0.0
+
+    def __call__(self, slabs, shape: tuple, eight_bit: bool) -> np.ndarray:
+        from .train import infer
+
+        mask = np.zeros(shape, np.uint8)
+        for start, stop, slab in slabs:
+            img8 = slab.astype(np.uint8) if eight_bit else hu_to_uint8(slab, self.faithful,
+                                                                       self.window)
+            img8 = orient_slices(img8, self.orient)
+            batch = np.stack([_resize(img8[:, :, k], self.size, "bilinear")
+                              for k in range(stop - start)])
+            started = time.perf_counter()
+            masks = infer(self.run_dir, batch, device=self.device,
+                          model=self.network)["mask"].astype(np.uint8)
+            self.seconds += time.perf_counter() - started
+            turned = np.stack([_resize_back(m, img8.shape[:2]) for m in masks], axis=2)
+            mask[:, :, start:stop] = orient_slices(turned, self.orient, inverse=True)
+        return mask
+
+
+def _array_slabs(array: np.ndarray):
+    for start in range(0, array.shape[2], SLAB):
+        yield start, min(start + SLAB, array.shape[2]), array[:, :, start:start + SLAB]
+
+
+def _load_network(run_dir: Path, device):
+    from .train import load_model
+
+    try:
+        return load_model(run_dir, device)
+    except KdlibError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise DataError(f"cannot load the trained weights ({type(exc).__name__}); the "
+                        "checkpoint is corrupt or truncated", run_dir / "checkpoints",
+                        "train the run again or restore its checkpoints") from None
+
+
+def _staging(out: Path) -> tuple[Path, bool]:
+    """A fresh folder for the outputs, on the same file system as `out`: inside `out` when
+    it exists (its files are then moved in), else next to where `out` will be (it is then
+    renamed to `out`). Created with the umask's permissions."""
+    inside = out.is_dir()
+    base = out if inside else next(p for p in out.absolute().parents if p.is_dir())
+    staging = base / f".kdlib-predict.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    return staging, inside
+
+
+def _publish(staging: Path, out: Path, inside: bool) -> None:
+    if not inside:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, out)  # fails if another process made `out` meanwhile
+        return
+    names = sorted(p.name for p in staging.iterdir())
+    taken = [n for n in names if (out / n).exists()]
+    if taken:
+        raise DataError("refusing to overwrite an existing result", out / taken[0],
+                        "delete it or choose another --out folder")
+    for name in names:
+        move_new(staging / name, out / name)
+
+
 def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "auto",
-            label_id: int | None = None, device: str | None = None) -> dict[str, Any]:
+            device: str | None = None, orient: str = "none") -> dict[str, Any]:
     """Segment every input with the trained run `model`; returns a summary with slices/s."""
-    from .train import RunConfig, infer, is_finished, load_model, pick_device
+    from .train import RunConfig, is_finished, pick_device
 
     run_dir, out = Path(model), Path(out)
+    if orient not in ORIENT_OPS:
+        raise DataError(f"unknown orient {orient!r}", None, f"use one of {', '.join(ORIENT_OPS)}")
     if not is_finished(run_dir):
-        raise DataError("not a finished run folder (no metrics.json)", run_dir,
+        raise DataError("not a finished run folder (no complete metrics.json)", run_dir,
                         "point --model at a run folder under results/<profile>/runs/")
+    if out.exists() and not out.is_dir():
+        raise DataError("the output path is a file, not a folder", out,
+                        "give a new or existing folder as --out")
     cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
-    params = read_json(Path(cfg.cache) / "manifest.json")["params"]
-    size, faithful, window = int(params["size"]), params.get("mode") == "faithful", params.get("hu_window")
-    out.mkdir(parents=True, exist_ok=True)
-    network = load_model(run_dir, pick_device(device))  # once, not once per input file
-    n_slices, n_items, seconds = 0, 0, 0.0
-    for item in _inputs(Path(input), fmt):
-        if item.kind == "slice":
-            img8 = item.pixels.astype(np.uint8)
-        else:
-            img8 = hu_to_uint8(item.pixels, faithful, window)
-        height, width, depth = img8.shape
-        batch = np.stack([_resize(img8[:, :, k], size, "bilinear") for k in range(depth)])
-        started = time.perf_counter()
-        masks = infer(run_dir, batch, device=device, model=network)["mask"].astype(np.uint8)
-        seconds += time.perf_counter() - started
-        full = np.stack([_resize_back(masks[k], (height, width)) for k in range(depth)], axis=2)
-        n_slices, n_items = n_slices + depth, n_items + 1
-        if item.kind == "slice":
-            _write_png_masks(out, item, full)
-        else:
-            _write_nifti_mask(out / f"{item.name}.nii.gz", item, full)
-    return {"inputs": n_items, "slices": n_slices, "out": str(out),
-            "slices_per_second": round(n_slices / seconds, 1) if seconds else None,
+    manifest = read_json(Path(cfg.cache) / "manifest.json")
+    params = manifest["params"]
+    faithful = params.get("mode") == "faithful"
+    # a model trained on 8-bit slices only has no HU window: HU inputs get the thesis slices'
+    # own mapping (HU clipped to 0..255)
+    window = params.get("hu_window") or [0.0, 255.0]
+    items = _discover(Path(input), fmt)
+    _check_outputs(items, out)
+    dev = pick_device(device)
+    segment = _Segmenter(run_dir, _load_network(run_dir, dev), int(params["size"]), faithful,
+                         window, orient, device)
+    n_slices, found = 0, 0
+    try:
+        staging, inside = _staging(out)
+    except PermissionError as exc:
+        raise DataError("cannot write here (permission denied)", exc.filename or out,
+                        "choose an output folder you can write to") from None
+    try:
+        for item in items:
+            mask = _predict_one(item, segment, staging)
+            n_slices += mask.shape[2]
+            found += int(mask.any())
+        _publish(staging, out, inside)
+    except FileExistsError as exc:
+        raise DataError("refusing to overwrite an existing result (another process wrote it)",
+                        exc.filename or out, "choose another --out folder") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # `out` appeared meanwhile
+            raise DataError("another process created the output folder meanwhile", out,
+                            "choose another --out folder") from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    counts = manifest.get("counts", {})
+    trained_positive = counts.get("positive_slices", 0) / max(1, counts.get("slices", 0))
+    if items and not found and trained_positive > MOSTLY_POSITIVE:
+        warnings.warn(f"the model was trained with spleen on {trained_positive:.0%} of its "
+                      f"slices but found none on any of the {len(items)} input(s): are the "
+                      "slices turned? (try --orient rot90|rot180|rot270|flipud|fliplr)",
+                      KdlibWarning, stacklevel=2)
+    return {"inputs": len(items), "slices": n_slices, "out": str(out), "orient": orient,
+            "inputs_with_spleen": found,
+            "slices_per_second": round(n_slices / segment.seconds, 1) if segment.seconds else None,
             "model": cfg.model, "run": run_dir.name}
 
 
-def _write_png_masks(out: Path, item: InputItem, mask: np.ndarray) -> None:
+def _predict_one(item: InputItem, segment: _Segmenter, staging: Path) -> np.ndarray:
+    if item.kind == "nifti":
+        volume = NiftiVolume(item.path, "image")
+        mask = segment(volume.slabs(), volume.shape, eight_bit=False)
+        _write_nifti(staging / f"{item.name}.nii.gz", volume.to_file_axes(mask), volume.affine,
+                     volume.header)
+    elif item.kind == "dicom":
+        array, spacing, _ = load_dicom_series(item.path, "image")
+        mask = segment(_array_slabs(array), array.shape, eight_bit=False)
+        _write_nifti(staging / f"{item.name}.nii.gz", mask, np.diag([*spacing, 1.0]), None)
+    else:
+        frames = np.stack(_read_2d(item.path, "image"), axis=2)
+        mask = segment(_array_slabs(frames), frames.shape, eight_bit=True)
+        _write_png_masks(staging, item, mask)
+    return mask
+
+
+def _write_png_masks(folder: Path, item: InputItem, mask: np.ndarray) -> None:
     from PIL import Image
 
     frames = mask.shape[2]
     for f in range(frames):
         name = f"{item.name}.png" if frames == 1 else f"{item.name}_f{f:02d}.png"
-        with atomic_path(out / name) as tmp:
-            Image.fromarray(mask[:, :, f] * np.uint8(255)).save(tmp, format="PNG")
+        Image.fromarray(mask[:, :, f] * np.uint8(255)).save(folder / name, format="PNG")
 
 
-def _write_nifti_mask(dest: Path, item: InputItem, mask: np.ndarray) -> None:
+def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header) -> None:
     import nibabel as nib
 
-    if item.kind == "nifti":
-        source = nib.load(str(item.path))
-        image = nib.Nifti1Image(mask, source.affine, source.header)
-    else:
-        image = nib.Nifti1Image(mask, np.diag([*item.spacing, 1.0]))
+    image = nib.Nifti1Image(np.ascontiguousarray(mask), affine, header)
     image.set_data_dtype(np.uint8)
-    atomic_write_bytes(dest, gzip.compress(image.to_bytes(), compresslevel=6))
+    image.header.set_slope_inter(1, 0)
+    dest.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6))
 
 
 # ------------------------------------------------------------------------------- evaluate
+DEFAULT_CASE_RULE = ("kdlib's slice-name rule: `<case>_<slice>` -> <case> (the text before the "
+                     "last `_<number>`), GIF frames `spleen_<c>_<first>_<c>_<last>_fNN` -> "
+                     "spleen_<c>, any other name is its own case")
 
 
 def _slice_key(stem: str) -> str:
@@ -161,13 +304,60 @@ def _slice_key(stem: str) -> str:
     return stem
 
 
-def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto") -> dict[str, Any]:
-    """Pooled, per-image and per-volume metrics of predicted masks against ground truth."""
+def _case_of(key: str, path: Path, pattern: re.Pattern | None) -> str:
+    if pattern is None:
+        return parse_slice_name(key)["case"]
+    match = pattern.search(key)
+    if match is None:
+        raise DataError(f"name {key!r} does not match --case-pattern {pattern.pattern!r}", path,
+                        "give a pattern that matches every mask name (a group named 'case', "
+                        "or the first group, is the case id)")
+    if "case" in pattern.groupindex:
+        return match.group("case")
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def _compile(case_pattern: str | None) -> re.Pattern | None:
+    if case_pattern is None:
+        return None
+    try:
+        return re.compile(case_pattern)
+    except re.error as exc:
+        raise DataError(f"--case-pattern is not a valid regular expression ({exc})", None,
+                        "e.g. --case-pattern '_(?P<case>[^_]+)$'") from None
+
+
+def _binary_prediction(values: np.ndarray, path: Path) -> np.ndarray:
+    """A predicted mask must be 0/1 or 0/255 (what predict writes); anything else (NaN,
+    probabilities, label maps) is refused rather than thresholded silently."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise DataError("predicted mask has NaN or infinite values", path,
+                        "give binary masks (0/1 or 0/255), e.g. the output of predict")
+    present = set(np.unique(values).tolist())
+    if not (present <= {0, 1} or present <= {0, 255}):
+        shown = ", ".join(f"{v:g}" for v in sorted(present)[:6])
+        raise DataError(f"predicted mask is not binary (values {shown})", path,
+                        "give binary masks (0/1 or 0/255), e.g. the output of predict")
+    return values > 0
+
+
+def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
+             case_pattern: str | None = None) -> dict[str, Any]:
+    """Pooled, per-image and per-volume metrics of predicted masks against ground truth.
+
+    2D masks are grouped into volumes by case id: by `case_pattern` (a regular expression
+    searched in each name without its `mask_`/`image_` prefix; its group named `case`, else
+    its first group, else the whole match) or, by default, DEFAULT_CASE_RULE."""
     from .data.readers import open_source
 
     pred, truth = Path(pred), Path(truth)
+    pattern = _compile(case_pattern)
     if not pred.is_dir():
         raise DataError("prediction folder not found", pred, "give the --out folder of predict")
+    if not truth.is_dir():
+        raise DataError("ground-truth folder not found" if not truth.exists() else
+                        "expected a folder, got a file", truth,
+                        "give the folder holding the ground-truth masks")
     meter = SegmentationMeter()
     niftis = sorted(p for p in pred.iterdir() if _is_nifti(p))
     if niftis:
@@ -177,11 +367,11 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto") -> dict[str
             if case not in truths:
                 raise DataError(f"no ground truth for case {case!r}", path,
                                 f"the truth has cases {sorted(truths)[:5]}...")
-            predicted, _ = _load_nifti(path, "label map")
+            predicted = _binary_prediction(NiftiVolume(path, "predicted mask").read(), path)
             if predicted.shape != truths[case].shape:
                 raise DataError(f"prediction has shape {predicted.shape}, truth {truths[case].shape}",
                                 path, "predict from the same images the truth belongs to")
-            meter.update(np.moveaxis(predicted > 0, 2, 0), np.moveaxis(truths[case] > 0, 2, 0),
+            meter.update(np.moveaxis(predicted, 2, 0), np.moveaxis(truths[case] > 0, 2, 0),
                          [case] * predicted.shape[2])
     else:
         masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
@@ -195,9 +385,12 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto") -> dict[str
             if key not in truth_files:
                 raise DataError("no ground-truth mask with this name", path,
                                 f"masks are matched by file name in {masks_dir}")
-            predicted = _read_2d(path, "mask")[0] > 127
+            predicted = _binary_prediction(_read_2d(path, "mask")[0], path)
             true = _read_2d(truth_files[key], "mask")[0] > 127
-            meter.update(predicted[None], true[None], [parse_slice_name(key)["case"]])
+            if predicted.shape != true.shape:
+                raise DataError(f"prediction has size {predicted.shape}, truth {true.shape}",
+                                path, "predict from the same images the truth belongs to")
+            meter.update(predicted[None], true[None], [_case_of(key, path, pattern)])
     result = meter.result()
     result["pred"], result["truth"] = str(pred), str(truth)
     return result

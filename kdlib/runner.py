@@ -4,18 +4,30 @@ A profile (`notebooks/profiles/NAME.yaml`) holds a `common:` block of parameters
 every notebook that declares them, and one optional block per notebook (`02_teacher:`).
 Keys are validated against each notebook's `parameters` cell, because papermill itself
 only warns about a misspelled parameter and then silently runs the default.
+
+A run holds its output folder's lock (a second run on the same folder fails at once, naming
+the first one's PID), starts its kernels with thread settings that fit the free cores
+(`kdlib.threads`), and moves each executed notebook into place only when it is complete.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from . import threads
 from .errors import ConfigError, KdlibError
+from .io import atomic_write_text
+from .locks import folder_lock
 from .paths import NOTEBOOKS_DIR, PROFILES_DIR, results_dir
+
+PARTIAL_SUFFIX = ".partial.ipynb"
+KERNEL_START_TIMEOUT_S = 180  # papermill's 60 s is too short for a kernel start on a busy machine
 
 
 def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -84,12 +96,99 @@ def _failing_cell(exc: Exception) -> str:
     return f"{where}: {ename}: {str(evalue).splitlines()[0] if evalue else ''}"
 
 
+def _kernel_manager_config():
+    """Kernel settings for papermill: CurveZMQ transport encryption where available.
+
+    ipykernel warns "Kernel is running over TCP without encryption" once per kernel, i.e. in
+    every notebook of a batch log. Our kernels listen on loopback only, so only someone on
+    this machine could read the traffic (code, outputs); provisioning CurveZMQ keys (the remedy
+    the warning itself names, supported by ipykernel's kernelspec) removes even that, and with
+    it the warning: a fix, not a filter. Where pyzmq lacks Curve support (libzmq built without
+    libsodium) the plain transport and its warning stay, because the warning is then true.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    if not zmq.has("curve"):
+        return None
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the kernels we start (they inherit os.environ), and
+    restore the previous values afterwards so that a caller's process is left as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _partial_path(target: Path) -> Path:
+    # papermill saves after every cell; it writes here, and only a finished (or a failed but
+    # complete) notebook is moved onto `target`. The name must end in .ipynb for papermill.
+    return target.with_name(f".{target.stem}{PARTIAL_SUFFIX}")
+
+
+def _publish(partial: Path, target: Path) -> None:
+    """Move papermill's output onto `target`, recording `target` as the output path."""
+    import nbformat
+
+    nb = nbformat.read(partial, as_version=4)
+    nb.metadata.setdefault("papermill", {})["output_path"] = str(target)
+    atomic_write_text(target, nbformat.writes(nb))
+    partial.unlink(missing_ok=True)
+
+
+def execute_notebook(notebook: Path, target: Path, parameters: dict[str, Any]) -> None:
+    """Run one notebook into `target`, atomically: an interrupted run leaves no half-written
+    executed notebook (a failed cell still gives a complete copy showing the traceback)."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    partial = _partial_path(target)
+    config = _kernel_manager_config()
+    try:
+        pm.execute_notebook(str(notebook), str(partial), parameters=parameters,
+                            kernel_name="python3", cwd=str(notebook.parent), progress_bar=False,
+                            log_output=False, start_timeout=KERNEL_START_TIMEOUT_S,
+                            # a finished kernel has nothing left to say; a graceful shutdown of a
+                            # kernel interrupted mid-cell prints a ZMQ traceback into the log
+                            shutdown_kernel="immediate",
+                            **({"config": config} if config is not None else {}))
+    except pm.PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":  # the kernel was sent SIGINT: an interruption
+            raise KeyboardInterrupt from None
+        _publish(partial, target)
+        raise KdlibError(f"notebook {notebook.stem} failed in {_failing_cell(exc)}", target,
+                         "open the executed copy to see the full traceback") from None
+    except DeadKernelError:
+        raise KdlibError(f"the kernel running {notebook.stem} died (killed, or out of memory?)",
+                         notebook, "check free memory and run the same command again") from None
+    else:
+        _publish(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)  # interrupted or crashed: nothing half-written stays
+
+
+def _remove_partials(executed_dir: Path) -> None:
+    for leftover in executed_dir.glob(f".*{PARTIAL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+
+
 def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Path | None = None,
                   only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
                   profiles_dir: Path = PROFILES_DIR) -> list[Path]:
-    """Execute the notebooks in order; stop at the first failure, naming notebook and cell."""
-    import papermill as pm
+    """Execute the notebooks in order; stop at the first failure, naming notebook and cell.
 
+    One run per output folder at a time: a second one fails at once naming the first's PID.
+    """
     out_dir = results_dir(profile, out)
     all_notebooks = notebooks = list_notebooks(notebooks_dir)
     if not notebooks:
@@ -103,24 +202,32 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
     # parameters are checked against every notebook, so --only does not hide a typo
     params = notebook_parameters(load_profile(profile, profiles_dir), all_notebooks, profile, data,
                                  out_dir)
-    executed_dir = out_dir / "notebooks"
-    executed_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["KDLIB_BATCH"] = "1"  # inherited by the kernels: text progress bars, static widgets
-    written = []
-    started_all = time.time()
-    for i, nb in enumerate(notebooks, 1):
-        target = executed_dir / nb.name
-        print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
-        started = time.time()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KdlibError("the output folder is a file", out_dir, "choose a folder for --out")
+    with contextlib.ExitStack() as held:
         try:
-            pm.execute_notebook(str(nb), str(target), parameters=params[nb.stem],
-                                kernel_name="python3", cwd=str(nb.parent), progress_bar=False,
-                                log_output=False)
-        except pm.PapermillExecutionError as exc:
-            raise KdlibError(f"notebook {nb.stem} failed in {_failing_cell(exc)}", target,
-                             "open the executed copy to see the full traceback") from None
-        print(f"[{i}/{len(notebooks)}] {nb.stem} done in {time.time() - started:.1f} s -> {target}",
-              flush=True)
-        written.append(target)
+            held.enter_context(folder_lock(out_dir))
+        except OSError as exc:  # read-only place, a file in the way...
+            raise KdlibError(f"cannot create or lock the output folder ({exc.strerror})", out_dir,
+                             "choose a folder you can write to with --out") from None
+        executed_dir = out_dir / "notebooks"
+        executed_dir.mkdir(parents=True, exist_ok=True)
+        _remove_partials(executed_dir)  # left by a run that was killed (SIGKILL, power loss)
+        choice = threads.choose()
+        if message := choice.warning():
+            print(f"kdlib: warning: {message}", file=sys.stderr, flush=True)
+        # KDLIB_BATCH: text progress bars and static widgets in the kernels
+        kernel_env = {"KDLIB_BATCH": "1", **threads.kernel_environment(choice)}
+        written = []
+        started_all = time.time()
+        with _environment(kernel_env):
+            for i, nb in enumerate(notebooks, 1):
+                target = executed_dir / nb.name
+                print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
+                started = time.time()
+                execute_notebook(nb, target, params[nb.stem])
+                print(f"[{i}/{len(notebooks)}] {nb.stem} done in {time.time() - started:.1f} s -> {target}",
+                      flush=True)
+                written.append(target)
     print(f"all {len(notebooks)} notebooks done in {time.time() - started_all:.1f} s; outputs in {out_dir}")
     return written

@@ -2,9 +2,12 @@
 
 `table("4.3", runs)` lays a table out like the thesis: one row per thesis row (and per
 setting - corrected / faithful - present among the runs that match the table), with the
-thesis's numbers, ours (mean over seeds), the difference, and a 95% bootstrap CI of our
-Dice over runs (seeds x folds). A row that no run matches keeps the thesis's numbers and shows
-`n_seeds = 0` and NaN for ours: nothing is ever filled in.
+thesis's numbers, ours (pooled metrics, mean over runs: seeds x folds), the difference, and
+the mean over test patients of per-volume Dice with its 95% CI (`stats.nested_interval`,
+the one interval method of kdlib: the unit is the test patient). A row that no run matches
+keeps the thesis's numbers and shows `n_seeds = 0` and NaN for ours: nothing is ever
+filled in. Table 4.2 also lists our KD-off control rows (`source` = "ours"), which the
+thesis does not have.
 
 Runs are joined to thesis rows with `experiments.describe` + `experiments.row_matches`,
 so identical configurations (Table 4.2's KD(T1,S1) is Table 4.7's B->B+PMD) are trained
@@ -94,10 +97,14 @@ def matching_runs(row: dict[str, Any], described, setting: str | None = None) ->
     return [run for _, _, run in sorted(found, key=lambda t: (t[0], t[1]))]
 
 
-def bootstrap_mean_ci(values, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap CI of the mean over runs (`stats.bootstrap_ci`); NaN for < 2."""
-    values = [v for v in values if not math.isnan(v)]
-    return stats.bootstrap_ci(values, n_boot=n_boot, seed=seed)
+def patient_interval(runs: list[dict[str, Any]], metric: str = "dice") -> dict[str, Any]:
+    """Mean over test patients of one configuration's per-volume `metric`, with its 95% CI
+    (`claims.contrast` of a single term: `stats.nested_interval`)."""
+    from .claims import fold_blocks
+
+    replicates = {(str(r["config"].get("split", "")), int(r["config"].get("seed", 0))): r for r in runs}
+    blocks, _, _ = fold_blocks([(1.0, replicates)], metric) if replicates else ([], "", [])
+    return stats.nested_interval(blocks)
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,15 +122,18 @@ def _table_settings(rows, described) -> list[str | None]:
 def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
     """Thesis table `table_id` with our numbers next to the thesis's (see module docstring).
 
-    Columns: row, setting, n_seeds (distinct seeds), n_runs (seeds x folds: the runs
-    averaged), thesis_/ours_/diff_<metric> for iou, dice, recall, precision;
-    ours_dice_ci_low/high (95% bootstrap CI of the mean over runs, NaN for fewer than 2);
+    Columns: row, source (thesis, or ours for our control rows), setting, n_seeds (distinct
+    seeds), n_runs (seeds x folds: the runs averaged), thesis_/ours_/diff_<metric> for iou,
+    dice, recall, precision; n_patients, ours_dice_patients (mean over test patients of
+    per-volume Dice) and ours_dice_ci_low/high (its 95% CI; NaN for fewer than 2 patients),
+    ci_method ("nested", "folds", or "patients only" when one run leaves run-to-run
+    variation unmeasured);
     params_m (the thesis's) and ours_params_m; for Table 4.1 also ours_psnr and ours_ssim.
     `df.attrs` holds table, caption, metric_level,
     synthetic.
     """
     table_id = str(table_id)
-    rows = experiments.thesis_rows([table_id])
+    rows = experiments.grid_rows([table_id])
     if not rows:
         raise ConfigError(f"unknown thesis table {table_id!r}", fix=f"use one of {', '.join(TABLE_IDS)}")
     if metric_level not in METRIC_LEVELS:
@@ -134,7 +144,7 @@ def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
     for row in rows:
         for setting in settings:
             matched = matching_runs(row, described, setting) if setting else []
-            rec: dict[str, Any] = {"row": row["row"], "setting": setting,
+            rec: dict[str, Any] = {"row": row["row"], "source": row.get("source", "thesis"), "setting": setting,
                                    "n_seeds": len({r["config"].get("seed") for r in matched}),
                                    "n_runs": len(matched),
                                    # training budget(s) behind the mean: runs of different
@@ -148,8 +158,10 @@ def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
                 rec[f"thesis_{m}"] = row[m]
                 rec[f"ours_{m}"] = mean
                 rec[f"diff_{m}"] = mean - row[m] if ours else math.nan
-                if m == "dice":
-                    rec["ours_dice_ci_low"], rec["ours_dice_ci_high"] = bootstrap_mean_ci(ours)
+            interval = patient_interval(matched)
+            rec.update(n_patients=interval["n_patients"], ours_dice_patients=interval["estimate"],
+                       ours_dice_ci_low=interval["ci_low"], ours_dice_ci_high=interval["ci_high"],
+                       ci_method=interval["method"] or "–")
             rec["params_m"] = row["params_m"]
             params = [r["metrics"]["params"] / 1e6 for r in matched if r["metrics"].get("params")]
             rec["ours_params_m"] = float(np.mean(params)) if params else math.nan
@@ -174,15 +186,16 @@ def all_tables(runs, tables: Iterable[str] = TABLE_IDS, metric_level: str = "poo
 
 
 def headline_table(runs, metric_level: str = "pooled") -> pd.DataFrame:
-    """Table 4.2 in a compact form for the README: row, setting, n, ours dice ± CI, thesis dice."""
+    """Table 4.2 in a compact form for the README: row, setting, runs, patients, pooled Dice,
+    mean per-patient Dice with its 95% CI, thesis Dice (control rows: ours, no thesis value)."""
     full = table("4.2", runs, metric_level)
     out = pd.DataFrame({
-        "row": full["row"], "setting": full["setting"], "n": full["n_runs"],
-        "ours_dice": full["ours_dice"], "ci_low": full["ours_dice_ci_low"],
-        "ci_high": full["ours_dice_ci_high"], "thesis_dice": full["thesis_dice"],
+        "row": full["row"], "setting": full["setting"], "n": full["n_runs"], "patients": full["n_patients"],
+        "ours_dice": full["ours_dice"], "patient_dice": full["ours_dice_patients"],
+        "ci_low": full["ours_dice_ci_low"], "ci_high": full["ours_dice_ci_high"], "thesis_dice": full["thesis_dice"],
     })
     out["ours_dice_text"] = [_dice_text(d, lo, hi) for d, lo, hi in
-                             zip(out["ours_dice"], out["ci_low"], out["ci_high"])]
+                             zip(out["patient_dice"], out["ci_low"], out["ci_high"])]
     out.attrs.update(full.attrs)
     return out
 

@@ -1,24 +1,38 @@
-"""Training engine: teachers, baseline students and distilled students, one code path.
+"""Training engine: teachers, baseline students, KD-off controls and distilled students, one code path.
 
 Read it top-down:
 1. `RunConfig` is the full description of one training run; its hash names the run folder
    `<runs_dir>/<slug>-<hash>/`, so the same configuration always lands in the same place.
-2. `train(cfg, runs_dir)` skips a finished run (`metrics.json` exists), resumes an
-   interrupted one from `checkpoints/last.pt`, and otherwise trains from scratch. Every
-   file is written atomically; `metrics.json` is written last and marks completion.
-3. Distilled students never pay the frozen teacher's forward pass per step: the teacher's
+   `epochs` is a cap, not part of the hash: the same run can be continued to a higher cap.
+2. `train(cfg, runs_dir)` skips a finished run (a complete `metrics.json`, for this cap or
+   stopped early), resumes an interrupted one from `checkpoints/last.pt`, continues one that
+   reached a lower cap, and otherwise trains from scratch. One process at a time per run
+   folder (`kdlib.locks.folder_lock`); leftover temporary files of a killed save are removed
+   at the next start. Every file is written atomically; `metrics.json` is written last and
+   marks completion; a finished run's files are never rewritten.
+3. Early stopping (`patience` > 0) watches validation Dice; the kept checkpoint is the one
+   with the best validation criterion (the original's: validation loss). `metrics.json` holds
+   the test metrics of that best checkpoint and, under `last_epoch`, of the last epoch's model.
+4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
+   `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
+   kept only with `keep_last=True`, which continuing to a higher cap later needs.
+5. Distilled students never pay the frozen teacher's forward pass per step: the teacher's
    taps on the (unaugmented, fixed) student training set are computed once per process
    (`teacher_outputs`) and reused by every epoch and every configuration.
 
-On the CPU a run is deterministic for a seed, and a resumed run ends with the same
-metrics as an uninterrupted one: batch order comes from a per-epoch generator, and the
-global RNG state (used by the faithful random projectors) is checkpointed.
+Randomness: on the CPU a run is deterministic for its seed, whatever ran before it in the
+process, and a resumed run ends with the same metrics as an uninterrupted one. Network init
+follows a reseed of the global RNG; batch order comes from a per-epoch generator; the
+faithful random projectors draw from the run's own generator; the global RNG state (dropout)
+and the projector generator's state are checkpointed; loading a teacher runs in a forked RNG.
+Every checkpoint holds tensors and plain types only and is read with `weights_only=True`.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -35,10 +49,19 @@ import torch
 from . import losses, metrics, models
 from .data import SliceCache, load_split
 from .errors import ConfigError, KdlibError
-from .io import atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json, sha256_file
+from .io import (atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json,
+                 remove_stale_tmp, sha256_file)
+from .locks import folder_lock
 from .progress import bar
+from .provenance import code_state, run_provenance
 
 TAP_OF_SCALE = {"E": "enc", "B": "bottleneck", "D": "dec"}
+ROLES = ("teacher", "baseline", "control", "kd")
+# config fields a run folder may be asked for with other values: the cap and the disk policy
+NOT_IDENTITY = ("epochs", "keep_last")
+# metrics.json is a finished run's only if it holds all of these
+REQUIRED_METRICS = ("pooled", "per_image", "per_volume", "loss", "best_epoch", "epochs_run",
+                    "stopped", "last_epoch", "params", "feature_info")
 
 
 @dataclass
@@ -47,7 +70,7 @@ class RunConfig:
 
     name: str                      # human label, e.g. "T1" or "KD(T1,S1) B+PMD"
     model: str                     # S1 | S2 | unet | T1 | T2
-    role: str                      # teacher | baseline | kd
+    role: str                      # teacher | baseline | control | kd
     cache: str                     # slice cache folder
     split: str                     # split JSON
     train_subset: str = "train"    # split key to train on: train | student_train
@@ -59,30 +82,45 @@ class RunConfig:
     weight_decay: float = 0.05
     eps: float = 1e-8
     batch_size: int = 8
-    epochs: int = 200
+    epochs: int = 200              # a cap: not part of the run's identity (see identity())
     seed: int = 42
+    patience: int = 0              # early stopping on validation Dice: epochs without an
+    min_delta: float = 0.0         # improvement > min_delta before stopping; 0 = off
     teacher_run: str | None = None  # run folder of the frozen teacher (kd only)
     kd: dict[str, Any] | None = None  # losses.KDConfig.to_dict() (kd only)
     threshold: str = "prob"        # prob (sigmoid > 0.5) | logit (faithful: logit > 0.5)
     selection: str = "val"         # val | test (faithful: the original selected on the test set)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"        # fp32 | bf16 (autocast)
+    precision: str = "auto"        # auto | fp32 | bf16 (autocast); auto is resolved on creation
     setting: str = "corrected"     # corrected | faithful: which reading of the thesis
+    weights_dtype: str = "fp32"    # fp32 | fp16: how best.pt stores the weights
+    keep_last: bool = False        # keep last.pt (resumable state) after finishing, to continue later
 
     def __post_init__(self) -> None:
+        if self.precision == "auto":
+            self.precision = resolve_precision("auto")
         checks = {
-            "role": ("teacher", "baseline", "kd"), "loss": ("dice", "dice_bce"),
+            "role": ROLES, "loss": ("dice", "dice_bce"),
             "optimizer": ("adamw", "rmsprop"), "threshold": ("prob", "logit"),
             "selection": ("val", "test"), "precision": ("fp32", "bf16"),
             "setting": ("corrected", "faithful"), "train_subset": ("train", "student_train"),
+            "weights_dtype": ("fp32", "fp16"), "keep_last": (True, False),
         }
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {allowed}", self.name)
         if self.role == "kd" and (self.teacher_run is None or self.kd is None):
             raise ConfigError("a kd run needs teacher_run and kd", self.name)
+        if self.role != "kd" and (self.teacher_run is not None or self.kd is not None):
+            raise ConfigError(f"a {self.role} run has no teacher_run or kd", self.name)
         if self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("batch_size and epochs must be >= 1", self.name)
+        try:  # one spelling per value: 0 and 0.0 must hash alike
+            self.patience, self.min_delta = int(self.patience), float(self.min_delta)
+        except (TypeError, ValueError):
+            raise ConfigError("patience must be an integer and min_delta a number", self.name) from None
+        if self.patience < 0 or not self.min_delta >= 0:
+            raise ConfigError("patience and min_delta must be >= 0", self.name)
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,8 +132,9 @@ class RunConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def identity(self) -> dict[str, Any]:
-        """What the run folder's hash covers: the config plus the content of its inputs."""
-        ident = self.to_dict()
+        """What the run folder's hash covers: the config plus the content of its inputs,
+        less what does not change the outcome up to the cap (`epochs`, `keep_last`)."""
+        ident = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
         ident["cache"] = read_json(Path(self.cache) / "manifest.json").get("fingerprint") or \
             sha256_file(Path(self.cache) / "manifest.json")
         ident["split"] = sha256_file(self.split)
@@ -113,9 +152,13 @@ class RunConfig:
 
 
 def teacher_config(model: str, cache: str | Path, split: str | Path, **overrides) -> RunConfig:
-    """Teachers: Dice+BCE (+0.2 recon MSE for T1/T2), AdamW 1e-4, betas (0.9, 0.95), wd 0.05, batch 8."""
+    """Teachers: Dice+BCE (+0.2 recon MSE for T1/T2), AdamW 1e-4, betas (0.9, 0.95), wd 0.05, batch 8.
+
+    best.pt keeps fp16 weights (31-173 M parameters: half the disk; the test metrics are
+    computed from the stored weights, and tests/test_checkpoints.py shows them unchanged)."""
     base = dict(name=model, model=model, role="teacher", cache=str(cache), split=str(split),
-                loss="dice_bce", optimizer="adamw", lr=1e-4, batch_size=8, epochs=200)
+                loss="dice_bce", optimizer="adamw", lr=1e-4, batch_size=8, epochs=200,
+                weights_dtype="fp16")
     base.update(overrides)
     return RunConfig(**base)
 
@@ -142,6 +185,19 @@ def kd_run_config(teacher_run: str | Path, student: str, kd: "losses.KDConfig", 
     return RunConfig(**base)
 
 
+def control_config(student: str, cache: str | Path, split: str | Path, **overrides) -> RunConfig:
+    """KD-off control: the distilled students' recipe (RMSprop 1e-2, batch 20, Dice loss, the
+    student training subset, same epochs and selection) with no teacher, i.e. every
+    distillation weight at zero. It separates the effect of distillation from the optimiser's.
+    (A distilled student's total is w_seg * Dice + ...; RMSprop divides each step by the
+    gradient's running RMS, so the constant w_seg does not change the steps, up to eps.)"""
+    base = dict(name=f"{student} KD-off control", model=student, role="control", cache=str(cache),
+                split=str(split), train_subset="student_train", loss="dice", optimizer="rmsprop",
+                lr=1e-2, weight_decay=0.0, batch_size=20, epochs=120)
+    base.update(overrides)
+    return RunConfig(**base)
+
+
 # ---------------------------------------------------------------------------------------
 # Devices, seeds, precision
 
@@ -152,10 +208,51 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16, Linux cpuinfo flags).
+
+    Measured on such a CPU (issue 9): bf16 autocast trains T1 2.2x and S2 2x faster than fp32.
+    Without these instructions bf16 is emulated and slower, so "auto" means fp32 there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """"auto" -> "bf16" on CUDA or on a CPU with native bf16, else "fp32"; others unchanged."""
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if kind == "cuda" or cpu_has_native_bf16() else "fp32"
+
+
+def set_determinism(device: torch.device) -> None:
+    """Deterministic kernels on the CPU (same seed, same metrics); free choice on CUDA.
+
+    Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
+    memory. kdlib never reads such memory, the fill does not change any result, and it cost
+    7% of a step idle and 14-18% under load (issue 9), so it is switched off; see
+    benchmarks/bench_determinism.py for what the rest of deterministic mode costs."""
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for one named stochastic part of a run, derived from the run's seed only."""
+    return int(config_hash({"seed": int(seed), "stream": stream}, length=15), 16)
 
 
 def autocast(device: torch.device, precision: str):
@@ -203,16 +300,40 @@ _TEACHER_OUTPUTS: dict[tuple, dict[str, torch.Tensor]] = {}
 ALL_TEACHER_TAPS = ("enc", "bottleneck", "dec", "logits")
 
 
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a kdlib checkpoint safely (`weights_only=True`: tensors and plain types, never
+    code). A missing, truncated, foreign or malicious file is a one-line KdlibError."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdlibError("no checkpoint", path, "train the run first (it may be unfinished)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle payload, foreign format: all unreadable
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise KdlibError(f"cannot load checkpoint ({reason})", path,
+                         "delete the run folder and train it again") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise KdlibError("not a kdlib checkpoint (no 'model' weights)", path,
+                         "delete the run folder and train it again")
+    return state
+
+
 def load_model(run_dir: str | Path, device: torch.device, which: str = "best") -> torch.nn.Module:
     """Rebuild a trained network from its run folder (config.json + checkpoints/<which>.pt)."""
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise KdlibError("not a run folder (no config.json)", run_dir,
+                         "point at a folder under results/<profile>/runs/")
     cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
     ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
-    if not ckpt_path.exists():
-        raise KdlibError("no checkpoint", ckpt_path, "train the run first (it may be unfinished)")
+    state = load_checkpoint(ckpt_path)
     model = models.build(cfg.model, **cfg.model_kwargs)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])  # fp16-stored weights are upcast on copy
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise KdlibError(f"checkpoint does not fit a {cfg.model} network "
+                         f"({str(exc).splitlines()[0][:100]})", ckpt_path,
+                         "delete the run folder and train it again") from None
     return model.to(device).eval()
 
 
@@ -232,7 +353,8 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
            str(device), str(dtype), data.images.shape[-1])
     if key in _TEACHER_OUTPUTS:
         return _TEACHER_OUTPUTS[key]
-    teacher = load_model(teacher_run, device)
+    with torch.random.fork_rng(devices=[]):  # building the network must not move the run's RNG
+        teacher = load_model(teacher_run, device)
     if device.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
     stored: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
@@ -328,35 +450,128 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _save_checkpoint(path: Path, **state) -> None:
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def is_finished(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / "metrics.json").exists()
+def _stored_weights(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """A state dict as best.pt stores it: fp32, or fp16 for floating tensors that fit
+    (values beyond fp16's range stay fp32, so nothing becomes inf)."""
+    out = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if dtype == "fp16" and value.is_floating_point():
+            half = value.half()
+            if bool(torch.isfinite(half).all()) or not bool(torch.isfinite(value).all()):
+                value = half
+        out[key] = value.clone()
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's `metrics.json` if it is complete and valid, else None (missing, not JSON,
+    `{}`, or any required key missing)."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED_METRICS):
+        return None
+    for block in (data["pooled"], data["last_epoch"]):
+        if not isinstance(block, dict) or not isinstance(block.get("pooled", block).get("dice"), (int, float)):
+            return None
+    if data["stopped"] not in ("early", "cap") or not isinstance(data["epochs_run"], int):
+        return None
+    return data
+
+
+def is_finished(run_dir: str | Path, epochs: int | None = None) -> bool:
+    """Finished: a complete `metrics.json`; with `epochs` (a cap), also trained up to that cap
+    or stopped early (more epochs would not change it)."""
+    done = read_metrics(run_dir)
+    if done is None:
+        return False
+    return epochs is None or done["stopped"] == "early" or done["epochs_run"] >= epochs
+
+
+def epochs_without_improvement(val_dice: list[float], min_delta: float = 0.0) -> int:
+    """Epochs since validation Dice last rose by more than `min_delta` above its best."""
+    best, since = -math.inf, 0
+    for value in val_dice:
+        if value > best + min_delta:
+            best, since = value, 0
+        else:
+            since += 1
+    return since
+
+
+def should_stop(cfg: RunConfig, history: list[dict[str, Any]]) -> bool:
+    """The early-stopping rule: `patience` epochs in a row without a validation-Dice gain
+    above `min_delta` (off when patience is 0)."""
+    return cfg.patience > 0 and len(history) > 0 and \
+        epochs_without_improvement([float(r["val_dice"]) for r in history], cfg.min_delta) >= cfg.patience
+
+
+def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
+    mine = json.loads(json.dumps(cfg.to_dict()))
+    drop = set(NOT_IDENTITY) | {"provenance"}
+    return {k: v for k, v in stored.items() if k not in drop} == \
+        {k: v for k, v in mine.items() if k not in drop}
 
 
 def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
           stop_after_epoch: int | None = None, progress: bool = True) -> Path:
-    """Train `cfg` (or skip it if finished, or resume it) and return its run folder.
+    """Train `cfg` (or skip it if finished, or resume / continue it) and return its run folder.
 
     `stop_after_epoch` simulates an interruption (used by the resume test).
     """
     run_dir = cfg.run_dir(runs_dir)
-    if is_finished(run_dir):
+    if is_finished(run_dir, cfg.epochs):
         return run_dir
     dev = pick_device(device)
+    with folder_lock(run_dir):
+        if is_finished(run_dir, cfg.epochs):  # another process finished it meanwhile
+            return run_dir
+        remove_stale_tmp(run_dir)  # a killed save's leftovers; we hold the lock, nobody writes
+        _train_locked(cfg, run_dir, dev, stop_after_epoch, progress)
+    return run_dir
+
+
+def _start_record(cfg: RunConfig, run_dir: Path, resumed_from: int | None) -> None:
+    """Write config.json: the configuration plus its provenance (code commit and whether the
+    tree was clean, data and split checksums); a resume or continuation appends its own
+    code state, so a run assembled across commits says so."""
     config_path = run_dir / "config.json"
-    if config_path.exists():
-        if read_json(config_path) != json.loads(json.dumps(cfg.to_dict())):
-            raise KdlibError("run folder holds a different configuration", run_dir,
-                             "delete the folder or change the runs directory")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_path, cfg.to_dict())
-    torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
-    seed_everything(cfg.seed)
+    stored = read_json(config_path) if config_path.exists() else None
+    if stored is not None and not _same_configuration(stored, cfg):
+        raise KdlibError("run folder holds a different configuration", run_dir,
+                         "delete the folder or change the runs directory")
+    record = stored.get("provenance") if stored else None
+    if record is None:
+        fingerprint = read_json(Path(cfg.cache) / "manifest.json").get("fingerprint") or \
+            sha256_file(Path(cfg.cache) / "manifest.json")
+        record = run_provenance(fingerprint, sha256_file(cfg.split))
+    if resumed_from is not None:
+        entry = dict(code_state(), after_epoch=resumed_from + 1,
+                     date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        record = dict(record, resumed=list(record.get("resumed", [])) + [entry])
+    atomic_write_json(config_path, {**cfg.to_dict(), "provenance": record})
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_epoch: int | None,
+                  progress: bool) -> None:
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    state = load_checkpoint(last_path) if last_path.exists() else None
+    earlier = read_metrics(run_dir)
+    if earlier is not None and state is None:
+        raise KdlibError(f"finished at {earlier['epochs_run']} epochs without its last state "
+                         f"(last.pt), so it cannot be continued to {cfg.epochs}", run_dir,
+                         "delete the folder to train from scratch, or set keep_last=True for "
+                         "runs you may continue")
+    _start_record(cfg, run_dir, None if state is None else int(state["epoch"]))
+    set_determinism(dev)
 
     cache = SliceCache.load(cfg.cache)
     split = load_split(cfg.split)
@@ -367,38 +582,44 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
         raise KdlibError(f"empty {cfg.train_subset} or {select_key} set", cfg.split,
                          "use more data or another split")
 
+    seed_everything(cfg.seed)  # the network's init depends on the run's seed only
     model = models.build(cfg.model, **cfg.model_kwargs).to(dev)
     if dev.type == "cuda" and cfg.precision == "bf16":
         model = model.to(memory_format=torch.channels_last)  # the fast path for bf16 convs on GPUs
+    projector_rng = torch.Generator().manual_seed(stream_seed(cfg.seed, "projectors"))
     distiller, cached_teacher = None, None
     if cfg.role == "kd":
         kd = losses.KDConfig.from_dict(cfg.kd)
-        if not is_finished(cfg.teacher_run):
+        teacher_metrics = read_metrics(cfg.teacher_run)
+        if teacher_metrics is None:
             raise KdlibError("the teacher run is not finished", cfg.teacher_run, "train the teacher first")
-        teacher_info = {tap: tuple(v) for tap, v in
-                        read_json(Path(cfg.teacher_run) / "metrics.json")["feature_info"].items()}
-        distiller = losses.Distiller(kd, teacher_info, model.feature_info).to(dev)
+        teacher_info = {tap: tuple(v) for tap, v in teacher_metrics["feature_info"].items()}
+        distiller = losses.Distiller(kd, teacher_info, model.feature_info, generator=projector_rng).to(dev)
         taps = _kd_taps(kd)
         cached_teacher = {tap: t for tap, t in teacher_outputs(cfg.teacher_run, train_data, taps, dev).items()
                           if tap in taps}
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = _make_optimizer(cfg, params)
+    # the training loop's global draws (dropout) start from the seed, whatever ran above
+    torch.manual_seed(stream_seed(cfg.seed, "train"))
 
     history: list[dict[str, Any]] = []
-    start_epoch, best = 0, math.inf
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+    start_epoch, best, best_epoch = 0, math.inf, 0
+    if state is not None:
         model.load_state_dict(state["model"])
         if distiller is not None:
             distiller.load_state_dict(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        projector_rng.set_state(state["projector_rng"])
+        start_epoch, best, history = int(state["epoch"]) + 1, float(state["best"]), list(state["history"])
+        best_epoch = int(state["best_epoch"])
 
     epochs = bar(range(start_epoch, cfg.epochs), desc=cfg.name, total=cfg.epochs,
                  initial=start_epoch, disable=not progress)
     for epoch in epochs:
+        if should_stop(cfg, history):
+            break
         started = time.time()
         model.train()
         sums: dict[str, float] = {}
@@ -429,14 +650,16 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
         if "psnr" in val:
             row.update(val_recon_loss=val["recon_loss"], val_psnr=val["psnr"])
         history.append(row)
-        improved = criterion < best
-        if improved:
-            best = criterion
-            _save_checkpoint(best_path, model=model.state_dict(), epoch=epoch,
-                             distiller=distiller.state_dict() if distiller else None)
-        _save_checkpoint(last_path, model=model.state_dict(), epoch=epoch, best=best,
-                         optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
-                         distiller=distiller.state_dict() if distiller else None, history=history)
+        if criterion < best:
+            best, best_epoch = criterion, epoch + 1
+            # inference and distillation need the network only (no projectors, no optimiser)
+            _save_checkpoint(best_path, {
+                "model": _stored_weights(model.state_dict(), cfg.weights_dtype), "epoch": epoch})
+        _save_checkpoint(last_path, {
+            "model": model.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "projector_rng": projector_rng.get_state(),
+            "distiller": distiller.state_dict() if distiller else None, "history": history})
         _write_history(run_dir / "history.csv", history)
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{row.get('train_total', 0):.3f}", val_dice=f"{row['val_dice']:.3f}")
@@ -444,17 +667,37 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
             raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (simulated interruption)")
     if hasattr(epochs, "close"):
         epochs.close()
+    stopped = "early" if should_stop(cfg, history) else "cap"
+    _finish(cfg, run_dir, dev, cache, split, model, history, best_epoch, stopped)
 
+
+def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache, split: dict,
+            last_model: torch.nn.Module, history: list[dict[str, Any]], best_epoch: int,
+            stopped: str) -> None:
+    """Test metrics of the kept checkpoint (as stored on disk) and of the last epoch's model,
+    then metrics.json (marks completion), then drop last.pt unless it is to be kept."""
+    test_data = SliceTensors(cache, split["test"], dev)
     best_model = load_model(run_dir, dev)
-    test = evaluate_model(best_model, SliceTensors(cache, split["test"], dev), cfg.threshold, dev,
-                          precision=cfg.precision, with_recon=cfg.role == "teacher")
-    test["best_epoch"] = int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]) + 1
-    test["params"] = models.count_parameters(best_model)
-    test["feature_info"] = {tap: list(v) for tap, v in best_model.feature_info.items()}
-    test["train_seconds"] = float(sum(r["seconds"] for r in history))
-    test["synthetic"] = bool(cache.manifest.get("synthetic", False))
-    atomic_write_json(run_dir / "metrics.json", test)
-    return run_dir
+    result = evaluate_model(best_model, test_data, cfg.threshold, dev, precision=cfg.precision,
+                            with_recon=cfg.role == "teacher")
+    last = evaluate_model(last_model, test_data, cfg.threshold, dev, precision=cfg.precision,
+                          with_recon=cfg.role == "teacher")
+    n_params = models.count_parameters(best_model)
+    result.update(
+        last_epoch=last, best_epoch=best_epoch, epochs_run=len(history), stopped=stopped,
+        early_stopping={"monitor": "val_dice", "patience": cfg.patience, "min_delta": cfg.min_delta},
+        params=n_params,
+        feature_info={tap: list(v) for tap, v in best_model.feature_info.items()},
+        train_seconds=float(sum(r["seconds"] for r in history)),
+        synthetic=bool(cache.manifest.get("synthetic", False)))
+    atomic_write_json(run_dir / "metrics.json", result)
+    if not cfg.keep_last:
+        (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
+    curve = " ".join(f"{r['val_dice']:.2f}" for r in history)
+    print(f"{cfg.name} (seed {cfg.seed}): {len(history)} epochs, stopped at the "
+          f"{'patience' if stopped == 'early' else 'cap'}, best epoch {best_epoch}, test Dice "
+          f"{result['pooled']['dice']:.3f} (last epoch {last['pooled']['dice']:.3f}); "
+          f"val Dice by epoch: {curve}", flush=True)
 
 
 def train_seeds(cfg: RunConfig, seeds: list[int], runs_dir: str | Path, **kwargs) -> list[Path]:
@@ -467,8 +710,15 @@ def load_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for metrics_path in sorted(Path(runs_dir).glob("*/metrics.json")):
         run_dir = metrics_path.parent
+        try:
+            result = json.loads(metrics_path.read_text())
+        except (OSError, ValueError):
+            continue
+        # a `{}` or an interrupted write is no result; older records may lack the newer keys
+        if not isinstance(result, dict) or not isinstance(result.get("pooled"), dict):
+            continue
         rows.append({"run_dir": str(run_dir), "config": read_json(run_dir / "config.json"),
-                     "metrics": read_json(metrics_path)})
+                     "metrics": result})
     return rows
 
 

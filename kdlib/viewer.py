@@ -5,9 +5,13 @@ and a multi-select of models; the CT is drawn with the ground truth (green) and 
 selected model's mask outline in its own colour, with the slice's Dice per model. In batch
 runs (`KDLIB_BATCH=1`), or without ipywidgets / an IPython kernel, it returns a static
 matplotlib figure of a few slices instead (chosen by `figures.choose_slices`).
+
+`synthetic_example()` gives small generated arrays to try the viewer without any trained
+run (used by the browser test and its committed screenshot; everything it makes is SYNTHETIC).
 """
 from __future__ import annotations
 
+import html
 import os
 from typing import Any, Mapping, Sequence
 
@@ -71,7 +75,7 @@ def _slice_title(i: int, case_ids) -> str:
 
 
 def static_view(images, truths, predictions: Mapping[str, Any], case_ids: Sequence[str] | None = None,
-                n: int = 4):
+                n: int = 4, note: str | None = None):
     """A static figure (not registered with pyplot) of `n` slices with every model's outline."""
     from matplotlib.figure import Figure
 
@@ -86,21 +90,22 @@ def static_view(images, truths, predictions: Mapping[str, Any], case_ids: Sequen
     for ax, i in zip(axes, chosen):
         draw_slice(ax, img[i], gt[i], {k: v[i] for k, v in preds.items()}, colours,
                    title=_slice_title(i, case_ids))
-    fig.suptitle(f"Masks over test slices ({rule})", fontsize=9)
+    fig.suptitle((f"{note} - " if note else "") + f"Masks over test slices ({rule})", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def mask_viewer(images, truths, predictions: Mapping[str, Any], case_ids: Sequence[str] | None = None,
-                n_static: int = 4):
+                n_static: int = 4, note: str | None = None):
     """Interactive viewer (ipywidgets) of the models' masks over test slices; a static
     figure of `n_static` slices when not interactive (see module docstring).
 
     images: (N, H, W) uint8 or float in [0, 1]; truths and each prediction: (N, H, W)
-    boolean / 0-255 / probabilities; case_ids: optional, one per slice (shown in titles).
+    boolean / 0-255 / probabilities; case_ids: optional, one per slice (shown in titles);
+    note: a line shown above the viewer (e.g. "SYNTHETIC data").
     """
     if not interactive_available():
-        return static_view(images, truths, predictions, case_ids, n_static)
+        return static_view(images, truths, predictions, case_ids, n_static, note)
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
@@ -126,4 +131,31 @@ def mask_viewer(images, truths, predictions: Mapping[str, Any], case_ids: Sequen
     slider.observe(redraw, names="value")
     models.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([slider, models]), output])
+    header = [widgets.HTML(f"<b>{html.escape(note)}</b>")] if note else []
+    return widgets.VBox([*header, widgets.HBox([slider, models]), output])
+
+
+def synthetic_example(slices: int = 8, size: int = 96, seed: int = 0):
+    """Generated (SYNTHETIC) inputs for `mask_viewer`: a bright ellipse "spleen" on slices
+    2..slices-3 inside a grey body, and three "models" that miss it in different ways.
+
+    Returns (images float32 (N, H, W) in [0, 1], truths bool, predictions {name: bool},
+    case_ids)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    body = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.46) ** 2 < 1
+    images, truths = [], []
+    for k in range(slices):
+        radius = 0.12 * np.sin(np.pi * (k - 1) / max(slices - 3, 1)) if 2 <= k <= slices - 3 else 0
+        organ = ((yy - 0.42) / max(radius, 1e-6)) ** 2 + ((xx - 0.68) / max(0.7 * radius, 1e-6)) ** 2 < 1
+        image = 0.05 + 0.35 * body + 0.3 * organ + rng.normal(0, 0.03, (size, size))
+        images.append(np.clip(image, 0, 1).astype(np.float32))
+        truths.append(organ & (radius > 0))
+    truths = np.stack(truths)
+    shifted = np.roll(truths, (3, -4), axis=(1, 2))
+    grown = truths | np.roll(truths, 4, axis=1) | np.roll(truths, -4, axis=2)
+    shrunk = truths & np.roll(truths, 5, axis=1) & np.roll(truths, 5, axis=2)
+    predictions = {"S1 (SYNTHETIC)": shifted, "KD(T1,S1) (SYNTHETIC)": grown,
+                   "S2 (SYNTHETIC)": shrunk}
+    case_ids = [f"synthetic_{k // 4}" for k in range(slices)]
+    return np.stack(images), truths, predictions, case_ids

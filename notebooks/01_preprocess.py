@@ -39,6 +39,7 @@ hu_window: list = [-160, 240]  # corrected setting: HU window (W400/L40); mixing
 settings: list = ["corrected", "faithful"]  # which readings of the thesis to prepare
 split_seed: int = 42
 folds: int = 0  # 0: one patient split; k of 2 or more: k-fold cross-validation over patients
+fold_cases: list = []  # name each fold's patients instead: [{"test": [...], "val": [...]}, ...] (replaces folds)
 test_fraction: float = 0.2
 val_fraction: float = 0.2  # of the training patients, for model selection
 student_fraction: float = 0.5  # students train on this share of the teacher's training data
@@ -67,7 +68,7 @@ print("inputs:", *inputs, sep="\n  ")
 prepared = pipeline.prepare(out, inputs, size=size, hu_window=hu_window, settings=settings,
                             split_seed=split_seed, folds=folds, test_fraction=test_fraction,
                             val_fraction=val_fraction, student_fraction=student_fraction,
-                            export_png=export_png)
+                            export_png=export_png, fold_cases=fold_cases or None)
 summary = pd.DataFrame({s: prepared[s]["summary"] for s in settings}).T
 display(summary)
 

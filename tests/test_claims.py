@@ -1,4 +1,5 @@
-"""Claims, ANOVA and summaries on fake studies whose true effects we chose."""
+"""Claims, ANOVA and summaries on fake studies whose true effects we chose, laid out as the
+real design: 2 folds, each testing its own 4 patients with its own 3 seeds."""
 from __future__ import annotations
 
 import math
@@ -14,14 +15,15 @@ except ImportError:  # tests collected as a package
 
 EFFECTS = {  # Dice gains over the student's baseline (baselines: S1 0.70, S2 0.76, S1 on 100% 0.73)
     "KD(T1,S1) B->B+PMD": 0.06,   # Table 4.2 KD(T1,S1): clearly helps S1        -> claim 1
+    "S1 control": 0.08,           # ... but the KD recipe alone helps more       -> claim 1 vs control
     "KD(T1,S1) E->E": 0.04,       # E beats B (0.0) and D (-0.02) for T1->S1      -> claim 2
     "KD(T1,S1) D->D": -0.02,
-    "KD(T2,S1) B->B": 0.03,       # ... but not for T2->S1
     "KD(T1,S1) B->B+E->E+D->D": -0.03,  # all scales worse than B                 -> claim 3
     "KD(T1,S1) B->B MSE": -0.04,  # contrastive beats MSE at B                    -> claim 4
     "KD(T1,S2) B->B+PMD": 0.01,   # S2 gains little                                -> claim 8
     "KD(T2,S1) E->E+PMD": 0.03,   # T2 no better than T1                           -> claim 6
     "KD(T2,S2) B->B+PMD": 0.01,
+    "KD(T1,S1) B->B (100% data)": -0.03,  # B->B on 50% (0.70) vs on 100% (0.73 - 0.03) -> claim 7
 }
 BASE = {"S1 (100% data)": 0.73}
 
@@ -29,120 +31,170 @@ BASE = {"S1 (100% data)": 0.73}
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     return fake_study(tmp_path_factory.mktemp("claims") / "runs", effects=EFFECTS, base=BASE,
-                      settings=("corrected", "faithful"))
+                      settings=("corrected", "faithful"), folds=2)
 
 
 @pytest.fixture(scope="module")
 def table(study):
-    return claims.claims_table(study, n_boot=2000)
+    return claims.claims_table(study)
 
 
 def _rows(df, cid, setting="corrected"):
     return df[(df["claim_id"] == cid) & (df["setting"] == setting)]
 
 
+def _one(df, comparison, setting="corrected"):
+    rows = df[(df["comparison"] == comparison) & (df["setting"] == setting)]
+    assert len(rows) == 1, comparison
+    return rows.iloc[0]
+
+
 def test_claims_table_shape(table):
     expected = {"claim_id", "claim", "comparison", "setting", "verdict", "effect", "ci_low", "ci_high",
-                "n", "n_runs", "p", "p_holm", "thesis_effect", "criterion", "basis", "note"}
+                "thesis_effect", "consistent_with_thesis", "criterion", "mde", "n_patients", "n_folds",
+                "n_runs", "p", "p_holm", "basis", "thesis_says", "note"}
     assert expected <= set(table.columns)
     assert set(table["claim_id"]) == {str(i) for i in range(1, 9)}
     assert set(table["verdict"]) <= set(stats.VERDICTS)
-    assert set(table["setting"]) == {"corrected", "faithful"}
-    assert (table["n"] == len(CASES)).all()  # paired by test case
-    assert table["basis"].str.contains("per-volume").all()
-    assert (table["n_runs"] == 3).all()
+    assert (table["n_patients"] == len(CASES)).all() and (table["n_folds"] == 2).all()
+    assert (table["n_runs"] == 6).all()  # 2 folds x 3 seeds: never counted as patients
+    assert table["basis"].str.contains("unit: patient").all()
+    with_thesis = table["thesis_effect"].notna()  # control rows have no thesis value
+    assert set(table[with_thesis]["consistent_with_thesis"]) <= {"yes", "no"}
+    assert (table[~with_thesis]["consistent_with_thesis"] == "–").all()
+    assert table[~with_thesis]["comparison"].str.contains("control").all()
+
+
+def test_every_claim_cites_the_thesis_sentence():
+    text = " ".join((experiments.THESIS_TABLES.parent.parent.parent / "shared" / "reference"
+                     / "thesis_full_text.txt").read_text().split()) \
+        if (experiments.THESIS_TABLES.parent.parent.parent / "shared" / "reference").exists() else None
+    for claim in claims.CLAIMS:
+        assert claim["sentence"] and claim["comparisons"]
+        if text is not None:  # the quoted words (before the first bracket) occur in the thesis
+            quoted = claim["sentence"].split(" (")[0].split(" [...]")[0].split("; ")[0]
+            assert quoted in text, claim["claim_id"]
+
+
+def test_claim_rows_match_the_thesis_text():
+    by_id = {c["claim_id"]: c for c in claims.CLAIMS}
+    (terms, _), = by_id["7"]["comparisons"]  # B->B on 50% (0.617 IoU) against B->B on 100% (0.615)
+    assert [round(claims.thesis_value(s, "iou"), 3) for _, s in terms] == [0.617, 0.615]
+    (t1, _), (t1c, _) = by_id["1"]["comparisons"]
+    assert claims.thesis_value(t1[0][1]) == pytest.approx(0.772)
+    assert claims.label(t1c[1][1]).startswith("S1 control")
+    assert len(by_id["8"]["comparisons"]) == 4  # T1 and T2, against baseline and against control
 
 
 def test_verdicts_follow_the_planted_effects(table):
     c1 = _rows(table, "1")
-    assert c1.iloc[0]["verdict"] == "supported"
-    assert c1.iloc[0]["effect"] == pytest.approx(0.06, abs=0.01)
-    assert c1.iloc[0]["thesis_effect"] == pytest.approx(0.772 - 0.715)
-    assert "post hoc" in c1.iloc[1]["note"] and "B->B+PMD" in c1.iloc[1]["comparison"]
+    against_base = c1[c1["comparison"] == "KD(T1,S1) B->B+PMD − S1 baseline"].iloc[0]
+    assert against_base["verdict"] == "supported" and against_base["effect"] == pytest.approx(0.06, abs=0.01)
+    assert against_base["thesis_effect"] == pytest.approx(0.772 - 0.715)
+    assert against_base["consistent_with_thesis"] == "yes"
+    against_control = c1[c1["comparison"].str.endswith("S1 control (KD recipe, no teacher)")].iloc[0]
+    assert against_control["verdict"] == "contradicted" and against_control["effect"] == pytest.approx(-0.02, abs=0.01)
     c2 = _rows(table, "2")
-    t1s1 = c2[c2["comparison"].str.startswith("KD(T1,S1)")]
-    assert (t1s1["verdict"] == "supported").all()          # E > B and E > D for T1->S1
-    assert c2[c2["comparison"] == "KD(T2,S1) E->E − KD(T2,S1) B->B"]["verdict"].iloc[0] == "not supported"
-    c3 = _rows(table, "3")
-    assert c3[c3["comparison"].str.startswith("KD(T1,S1)")]["verdict"].iloc[0] == "supported"
-    c4 = _rows(table, "4")
-    assert c4[c4["comparison"] == "KD(T1,S1) B->B − KD(T1,S1) B->B MSE"]["verdict"].iloc[0] == "supported"
-    c5 = _rows(table, "5")
-    t1 = c5[c5["comparison"].str.startswith("KD(T1,S1)")].iloc[0]
-    assert t1["verdict"] == "supported" and t1["effect"] > 0
-    assert "identically zero" in _rows(table, "5", "faithful").iloc[0]["note"]
-    assert "identically zero" not in t1["note"]
-    c6 = _rows(table, "6")
-    assert c6.iloc[0]["verdict"] == "supported"            # T2 - T1 = -0.03 < margin
-    assert c6.iloc[0]["effect"] == pytest.approx(-0.03, abs=0.01)
-    c7 = _rows(table, "7").iloc[0]                         # 0.70 + 0.06 vs 0.73: non-inferior
-    assert c7["verdict"] == "supported" and c7["effect"] == pytest.approx(0.03, abs=0.01)
-    c8 = _rows(table, "8").iloc[0]                         # S1 gains 0.06, S2 0.01
-    assert c8["verdict"] == "supported" and c8["effect"] == pytest.approx(0.05, abs=0.01)
-    assert c8["thesis_effect"] == pytest.approx((0.772 - 0.715) - (0.794 - 0.770))
-    assert 0 <= table["p_holm"].min() and (table["p_holm"].dropna() >= table["p"].dropna()).all()
+    assert (c2["verdict"] == "supported").all() and len(c2) == 2  # E > B and E > D for T1->S1
+    assert _one(table, "KD(T1,S1) B->B+E->E+D->D − KD(T1,S1) B->B")["verdict"] == "supported"
+    assert _one(table, "KD(T1,S1) B->B − KD(T1,S1) B->B MSE")["verdict"] == "supported"
+    pmd = _one(table, "KD(T1,S1) B->B+PMD − KD(T1,S1) B->B")
+    assert pmd["verdict"] == "supported" and "identically zero" not in pmd["note"]
+    assert "identically zero" in _one(table, "KD(T1,S1) B->B+PMD − KD(T1,S1) B->B", "faithful")["note"]
+    c6 = _rows(table, "6").iloc[0]                          # T2 - T1 = -0.03 < margin
+    assert c6["verdict"] == "supported" and c6["effect"] == pytest.approx(-0.03, abs=0.01)
+    c7 = _rows(table, "7").iloc[0]                          # 0.70 vs 0.70: non-inferior
+    assert c7["verdict"] == "supported" and c7["effect"] == pytest.approx(0.0, abs=0.01)
+    c8 = _rows(table, "8")
+    s1_vs_s2 = c8[c8["comparison"] == "[KD(T1,S1) B->B+PMD − S1 baseline] − [KD(T1,S2) B->B+PMD − S2 baseline]"]
+    assert s1_vs_s2["verdict"].iloc[0] == "supported" and s1_vs_s2["effect"].iloc[0] == pytest.approx(0.05, abs=0.01)
+    assert s1_vs_s2["thesis_effect"].iloc[0] == pytest.approx((0.772 - 0.715) - (0.794 - 0.770))
+    # inconclusive rows say what effect this design could detect; the others do not
+    assert table[table["verdict"] == "inconclusive"]["mde"].notna().all()
+    assert table[table["verdict"] != "inconclusive"]["mde"].isna().all()
+    assert (table["p_holm"].dropna() >= table["p"].dropna()).all()
 
 
-def test_not_testable_when_runs_missing(study):
+def test_no_verdict_contradicts_its_interval(table):
+    for row in table.itertuples():
+        if row.verdict == "supported":
+            assert not (row.ci_low <= 0 <= row.ci_high) or row.criterion.startswith("CI above -") \
+                or row.criterion.startswith("CI below +")
+
+
+def test_not_testable_and_not_run(study):
     only_baselines = [r for r in study if r["config"]["role"] != "kd"]
-    df = claims.claims_table(only_baselines, n_boot=500)
+    df = claims.claims_table(only_baselines)
     assert (df["verdict"] == "not testable here").all()
-    assert df["note"].str.contains("no runs for|no KD").all()
-    empty = claims.claims_table([], n_boot=500)
+    assert df["note"].str.contains("no runs for").all()
+    empty = claims.claims_table([])
     assert (empty["verdict"] == "not testable here").all() and len(empty) > 8
+    grid_skipped = claims.claims_table(only_baselines, not_run_tables=experiments.ABLATION_TABLES)
+    c2 = grid_skipped[grid_skipped["claim_id"] == "2"]
+    assert (c2["verdict"] == "not run in this profile").all()
+    c1 = grid_skipped[grid_skipped["claim_id"] == "1"]   # Table 4.2's KD run is missing: not deliberate
+    assert (c1["verdict"] == "not testable here").all()
 
 
-def test_pooled_fallback_and_single_seed(tmp_path):
-    runs = fake_study(tmp_path / "runs", effects=EFFECTS, base=BASE, with_cases=False, seeds=(0, 1, 2))
-    df = claims.claims_table(runs, n_boot=500)
-    assert df["basis"].str.startswith("pooled dice per run").all()
-    assert (df["n"] == 3).all()
-    assert _rows(df, "1").iloc[0]["verdict"] == "supported"
-    one = [r for r in runs if r["config"]["seed"] == 0]
-    df1 = claims.claims_table(one, n_boot=500)
-    assert (df1["verdict"] == "not testable here").all()  # one seed, no cases: n = 1 < 2
+def test_single_run_per_configuration_is_not_testable(study):
+    one = [r for r in study if r["config"]["seed"] == 0 and r["config"]["split"] == "split-fold0.json"]
+    df = claims.claims_table(one)
+    assert (df["verdict"] == "not testable here").all()
+    assert df["note"].str.contains("run-to-run variation is not measured").all()
+
+
+def test_pooled_fallback_uses_folds_not_seeds(tmp_path):
+    runs = fake_study(tmp_path / "runs", effects=EFFECTS, base=BASE, with_cases=False, seeds=(0, 1), folds=2)
+    df = claims.claims_table(runs)
+    assert df["basis"].str.startswith("pooled dice").all()
+    assert (df["n_patients"] == 2).all()  # two fold test sets, not four runs
 
 
 def test_anova_table(study):
     df = claims.anova_table(study)
-    thesis = df.iloc[0]
-    assert thesis["df_between"] == 1 and thesis["df_within"] == 11
-    assert thesis["F"] == pytest.approx(4.40, abs=0.01)
-    assert df.iloc[1]["F"] == pytest.approx(5.48, abs=0.02) and df.iloc[1]["p"] == pytest.approx(0.039, abs=0.002)
+    tab, text, solved = df.iloc[0], df.iloc[1], df.iloc[2]
+    assert (tab["df_between"], tab["df_within"]) == (1, 11) and tab["F"] == pytest.approx(4.40, abs=0.01)
+    assert text["F"] == pytest.approx(5.69, abs=0.01) and "'0.55'" in text["source"]
+    assert solved["F"] == pytest.approx(5.48, abs=0.02) and "solved" in solved["source"]
+    assert "text's" not in solved["source"]
     ours = df[df["setting"] == "corrected"]
-    assert list(ours["source"]) == ["ours: one value per configuration", "ours: one value per run"]
-    assert (ours["configurations"] == "13 / 13").all()
-    per_run = ours.iloc[1]
-    assert per_run["df_within"] == 13 * 3 - 2 and not math.isnan(per_run["F"])
+    assert list(ours["source"]) == ["ours: one value per configuration"]
+    assert ours.iloc[0]["configurations"] == "13 / 13" and ours.iloc[0]["df_within"] == 11
+    assert "6 (fold, seed) replicate(s)" in ours.iloc[0]["note"]
+    # a configuration run on other seeds is compared only on the seeds all share
+    partial = [r for r in study if not (r["config"]["seed"] == 2 and r["config"].get("role") == "baseline")]
+    assert "4 (fold, seed)" in claims.anova_table(partial).iloc[3]["note"]
     groups = claims.anova_groups_rows()
     assert len(groups["S1"]) == 1 and len(groups["KD(T1,S1)"]) == 12
-    assert all(r["teacher"] == "T1" and r["student"] == "S1" for r in groups["KD(T1,S1)"])
-    assert claims.anova_table([]).shape[0] == 2
+    assert claims.anova_table([]).shape[0] == 3
 
 
 def test_configuration_summary_and_paired(study):
-    summary = claims.configuration_summary(study, n_boot=500)
+    summary = claims.configuration_summary(study)
     s1 = summary[(summary["label"] == "S1 baseline") & (summary["setting"] == "corrected")].iloc[0]
-    assert s1["n_runs"] == 3 and s1["ci_low"] <= s1["mean"] <= s1["ci_high"]
+    assert s1["n_runs"] == 6 and s1["n_folds"] == 2 and s1["patients"] == len(CASES)
+    assert s1["ci_low"] <= s1["patient_mean"] <= s1["ci_high"] and s1["ci_method"] == "nested"
+    assert s1["pooled_last_epoch"] == pytest.approx(s1["pooled_best"] - 0.01)
     assert s1["thesis"] == pytest.approx(0.715) and "4.2" in s1["thesis_rows"]
     assert summary.iloc[0]["label"].endswith("(teacher)")
-    paired = claims.paired_comparisons([r for r in study if r["config"]["setting"] == "corrected"], n_boot=500)
-    assert {"label", "diff", "ci_low", "ci_high", "p", "p_holm"} <= set(paired.columns)
-    row = paired[paired["label"] == "KD(T1,S1) B->B+PMD"].iloc[0]
-    assert row["baseline"] == "S1 baseline" and row["n_pairs"] == 8
-    assert row["diff"] == pytest.approx(0.06, abs=0.01) and row["ci_low"] > 0
-    assert not paired["label"].str.contains("teacher").any()
-    both = claims.paired_comparisons(study, n_boot=200)
+    corrected = [r for r in study if r["config"]["setting"] == "corrected"]
+    paired = claims.paired_comparisons(corrected)
+    row = paired[(paired["label"] == "KD(T1,S1) B->B+PMD") & (paired["reference"] == "S1 baseline")].iloc[0]
+    assert row["n_pairs"] == len(CASES) and row["diff"] == pytest.approx(0.06, abs=0.01) and row["ci_low"] > 0
+    # the same contrast gets the same interval in the claims table (one method everywhere)
+    claim = _one(claims.claims_table(corrected), "KD(T1,S1) B->B+PMD − S1 baseline")
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((claim["ci_low"], claim["ci_high"]))
+    assert set(paired["reference"]) == {"S1 baseline", "S2 baseline", "S1 control (KD recipe, no teacher)",
+                                        "S2 control (KD recipe, no teacher)", "S1 baseline (100% data)"}
+    both = claims.paired_comparisons(study)
     assert both["label"].str.endswith("(faithful)").any()
 
 
 def test_labels_and_thesis_lookup():
-    spec = claims.kd_spec("T1", "S1", "B+E", True)
+    spec = claims.kd_spec("T1", "S1", "E+B", True)
     assert claims.label(spec) == "KD(T1,S1) B->B+E->E+PMD"
     assert claims.thesis_value(spec) == pytest.approx(0.756)
     assert claims.label(claims.baseline_spec("S1", 1.0)) == "S1 baseline (100% data)"
     assert claims.thesis_value(claims.baseline_spec("S1", 1.0)) == pytest.approx(0.763)
     assert math.isnan(claims.thesis_value(claims.kd_spec("T2", "S2", "D", False)))
-    for row in experiments.thesis_rows():
-        assert claims.thesis_value(claims.spec_of_row(row)) == pytest.approx(
-            next(r["dice"] for r in experiments.thesis_rows() if claims.spec_of_row(r) == claims.spec_of_row(row)))
+    assert math.isnan(claims.thesis_value(claims.control_spec("S1")))

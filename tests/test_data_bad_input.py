@@ -238,6 +238,40 @@ def test_255_masks_and_label_id_are_accepted(tmp_path):
     assert set(np.unique(vols["spleen_1"].label)) == {0, 1}
     assert vols["spleen_1"].positive_slices == 3
     multi = label // 255 * 3
-    write_nifti(root / "labelsTr" / "spleen_2.nii.gz", multi)
+    multi[10:12, 10:12, :] = 7  # another organ
+    for case in ("spleen_1", "spleen_2"):
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", multi)
     vols = {v.case_id: v for v in read_msd(root, label_id=3)}
     assert vols["spleen_2"].positive_slices == 3
+
+
+def test_label_id_absent_from_the_map_is_an_error(tmp_path):
+    """A wrong --label-id used to give empty masks silently (0 positive slices)."""
+    root = write_msd(tmp_path / "msd")
+    label = np.zeros((16, 16, 5), np.uint8)
+    label[2:6, 2:6, 1:4] = 1
+    label[8:12, 8:12, 1:4] = 2
+    write_nifti(root / "labelsTr" / "spleen_1.nii.gz", label)
+    with pytest.raises(DataError, match="label id 5 is not in this label map") as err:
+        preprocess(root, tmp_path / "out", size=16, label_id=5)
+    assert "spleen_1.nii.gz" in str(err.value) and "0, 1, 2" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_id_with_no_positive_slice_at_all_is_an_error(tmp_path):
+    """Every map is empty, so the id selects nothing anywhere: 0 positive slices."""
+    root = write_msd(tmp_path / "msd")
+    for case in ("spleen_1", "spleen_2"):
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", np.zeros((16, 16, 5), np.uint8))
+    with pytest.raises(DataError, match="no voxel with label id 1"):
+        preprocess(root, tmp_path / "out", size=16, label_id=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_phantom_size_has_an_upper_bound(tmp_path):
+    from kdlib.data import write_phantom_msd
+    from kdlib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most 2048"):
+        write_phantom_msd(tmp_path / "p", size=100000)
+    assert not (tmp_path / "p").exists()

@@ -153,3 +153,65 @@ def test_slice_dataset(phantom_cache):
     assert len(pickle.loads(pickle.dumps(ds))) == 5  # spawned DataLoader workers need this
     with pytest.raises(ConfigError, match="out of range"):
         SliceDataset(cache, [len(cache)])
+
+
+# ------------------------------------------------------ output folder, races, memory
+def test_existing_empty_output_folder_is_kept(tmp_path):
+    import os
+
+    from conftest import write_msd
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o751)
+    inode = out.stat().st_ino
+    preprocess(write_msd(tmp_path / "m"), out, size=16)
+    assert out.stat().st_ino == inode and (out.stat().st_mode & 0o777) == 0o751
+    assert SliceCache.load(out).manifest["counts"]["cases"] == 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_another_process_finishing_first_is_reused(tmp_path, monkeypatch):
+    """Two preprocess runs on one output folder: the one that finishes second finds the
+    first's identical cache there and reuses it (no traceback, nothing overwritten)."""
+    from conftest import write_msd
+    from kdlib.data import cache as cache_mod
+
+    data, out = write_msd(tmp_path / "m"), tmp_path / "out"
+    real, raced = cache_mod.convert_volume, []
+
+    def convert_while_another_process_runs(*args, **kwargs):
+        if not raced:
+            raced.append(True)
+            preprocess(data, out, size=16)  # "the other process", done first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "convert_volume", convert_while_another_process_runs)
+    stamp = None
+    summary = preprocess(data, out, size=16)
+    assert raced and summary["reused"] is True
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert preprocess(data, out, size=16)["reused"] and \
+        (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_nifti_images_are_read_in_slabs(tmp_path, monkeypatch):
+    """preprocess never holds a whole float32 volume: the image is read slab by slab (a
+    whole-volume read would fail here), and the result equals the whole-volume conversion."""
+    from conftest import write_msd
+    from kdlib.data import readers
+    from kdlib.data.cache import convert_volume
+
+    data = write_msd(tmp_path / "m", shape=(16, 16, 40))
+    vol = next(readers.read_msd(data))
+    whole_images, whole_masks = convert_volume(vol, 16, False, (-160, 240))
+
+    def no_whole_reads(self):
+        raise AssertionError("whole-volume read")
+
+    monkeypatch.setattr(readers.NiftiVolume, "read", no_whole_reads)
+    preprocess(data, tmp_path / "c", size=16)
+    cache = SliceCache.load(tmp_path / "c")
+    first = cache.case_ids == vol.case_id
+    assert np.array_equal(cache.images[first], whole_images)
+    assert np.array_equal(cache.masks[first], whole_masks)

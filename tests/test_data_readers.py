@@ -158,3 +158,93 @@ def test_labels_only_inventory_of_any_source(tmp_path):
     assert summary["per_case"][0]["case_id"] == "p"
     inventory = json.loads((tmp_path / "inv" / "inventory.json").read_text())
     assert inventory["per_case"] == summary["per_case"]
+
+
+# ------------------------------------------------------------------ orientation
+def _write_with_affine(path, array, axes, flips):
+    """`array` stored so that its file axis i points along world axis axes[i] (sign flips[i])."""
+    import nibabel as nib
+
+    affine = np.zeros((4, 4))
+    for source, (axis, flip) in enumerate(zip(axes, flips)):
+        affine[axis, source] = flip * (0.5 + source)  # distinct spacings: 0.5, 1.5, 2.5
+    affine[3, 3] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+@pytest.mark.parametrize("axes,flips", [((0, 1, 2), (-1, 1, 1)), ((0, 1, 2), (1, 1, -1)),
+                                        ((1, 0, 2), (-1, 1, 1)), ((2, 0, 1), (1, -1, 1))])
+def test_nifti_brought_to_one_orientation_from_its_affine(tmp_path, axes, flips):
+    """The same anatomy stored flipped or with permuted axes reads to the same array."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    ras = rng.normal(0, 50, size=(6, 7, 5)).astype(np.float32)  # canonical (RAS) truth
+    label = np.zeros(ras.shape, np.uint8)
+    label[1:3, 2:6, 1:4] = 1
+    # file array = canonical array reoriented into the file's axes
+    def to_file(a):
+        file_axes = np.transpose(a, axes)
+        for i, flip in enumerate(flips):
+            if flip < 0:
+                file_axes = np.flip(file_axes, i)
+        return np.ascontiguousarray(file_axes)
+
+    _write_with_affine(tmp_path / "n" / "ct.nii.gz", to_file(ras), axes, flips)
+    _write_with_affine(tmp_path / "n" / "ct_seg.nii.gz", to_file(label), axes, flips)
+    assert "".join(nib.aff2axcodes(nib.load(str(tmp_path / "n" / "ct.nii.gz")).affine)) != "RAS"
+    (vol,) = list(read_any(tmp_path / "n"))
+    assert np.array_equal(vol.image, ras) and np.array_equal(vol.label, label)
+    spacing = [0.0] * 3
+    for source, axis in enumerate(axes):
+        spacing[axis] = 0.5 + source
+    assert vol.spacing == pytest.approx(tuple(spacing))
+    # the slab reader (used by preprocess and predict) gives the same slices
+    from kdlib.data.readers import NiftiVolume
+
+    lazy = NiftiVolume(tmp_path / "n" / "ct.nii.gz")
+    streamed = np.empty(lazy.shape, np.float32)
+    for start, stop, slab in lazy.slabs(size=2):
+        streamed[:, :, start:stop] = slab
+    assert np.array_equal(streamed, ras)
+    assert np.array_equal(lazy.to_file_axes(streamed), to_file(ras))
+
+
+def test_msd_data_is_left_as_stored(tmp_path):
+    """RAS volumes (MSD, the phantom, TotalSegmentator) are not turned at all."""
+    root = write_msd(tmp_path / "m", cases=("spleen_1",))
+    import nibabel as nib
+
+    stored = np.asarray(nib.load(str(root / "imagesTr" / "spleen_1.nii.gz")).dataobj)
+    (vol,) = list(read_msd(root))
+    assert np.array_equal(vol.image, stored)
+
+
+def test_dicom_oriented_from_image_orientation_patient(tmp_path):
+    """A series stored rotated by 180 degrees in-plane (rows and columns both reversed, IOP
+    [-1,0,0, 0,-1,0]) reads to the same array as the standard one."""
+    import pydicom
+
+    standard = write_dicom_patient(tmp_path / "a" / "p", n=3, size=8, shuffle_names=False)
+    turned = write_dicom_patient(tmp_path / "b" / "p", n=3, size=8, shuffle_names=False)
+    for series in ("PATIENT_DICOM", "MASKS_DICOM/spleen"):
+        for path in sorted((turned / series).iterdir()):
+            ds = pydicom.dcmread(str(path))
+            pixels = ds.pixel_array[::-1, ::-1]
+            ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+            ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+            ds.save_as(str(path))
+    (a,) = list(read_dicom(standard))
+    (b,) = list(read_dicom(turned))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    assert b.extra["z_positions"] == sorted(b.extra["z_positions"])
+
+
+def test_orient_slices_inverse():
+    from kdlib.data.readers import ORIENT_OPS, orient_slices
+
+    a = np.arange(12).reshape(3, 4, 1)
+    for op in ORIENT_OPS:
+        assert np.array_equal(orient_slices(orient_slices(a, op), op, inverse=True), a)
+    assert np.array_equal(orient_slices(a, "rot90")[:, :, 0], np.rot90(a[:, :, 0]))

@@ -111,3 +111,62 @@ def test_save_load(cache, tmp_path, phantom_msd):
     (tmp_path / "bad.json").write_text('{"train": [1]}')
     with pytest.raises(DataError, match="not a split"):
         load_split(tmp_path / "bad.json")
+
+
+def test_named_test_and_val_patients(cache):
+    names = cache.cases
+    s = make_split(cache, test_cases=[names[0], names[3]], val_cases=[names[1]])
+    assert s["test_cases"] == sorted([names[0], names[3]]) and s["val_cases"] == [names[1]]
+    assert s["train_cases"] == sorted(set(names) - {names[0], names[1], names[3]})
+    assert _cases(cache, s["test"]) == {names[0], names[3]}
+    assert _cases(cache, s["val"]) == {names[1]} and s["val_by"] == "patient (named)"
+    assert set(s["student_train"]) <= set(s["train"])
+    # the names are what count, not the seed: the same patients for every seed
+    other = make_split(cache, seed=5, test_cases=[names[0], names[3]], val_cases=[names[1]])
+    assert (other["test"], other["val"], other["train"]) == (s["test"], s["val"], s["train"])
+    # a fold label travels with named patients
+    labelled = make_split(cache, test_cases=[names[2]], val_cases=[names[4]], folds=6, fold=2)
+    assert (labelled["fold"], labelled["folds"]) == (2, 6)
+    # only the test patients named: validation is drawn from the rest, never from the test set
+    drawn_val = make_split(cache, test_cases=[names[5]])
+    assert names[5] not in drawn_val["val_cases"] + drawn_val["train_cases"]
+    # only the validation patients named: the test patients are drawn from the others
+    drawn_test = make_split(cache, val_cases=[names[0]])
+    assert names[0] not in drawn_test["test_cases"] and drawn_test["val_cases"] == [names[0]]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(test_cases=["nobody"]), "no patient 'nobody'"),
+    (dict(val_cases=["spleen_x"]), "no patient"),
+    (dict(test_cases=["{0}"], val_cases=["{0}"]), "both"),
+    (dict(test_cases=["{0}", "{0}"]), "twice"),
+    (dict(test_cases=[]), "empty"),
+    (dict(test_cases=["{0}", "{1}", "{2}", "{3}", "{4}", "{5}"]), "none left"),
+    (dict(test_cases=["{0}"], val_cases=["{1}", "{2}", "{3}", "{4}", "{5}"]), "no patient left"),
+    (dict(val_cases=["{0}"], folds=3, fold=0), "name the test patients"),
+    (dict(mode="faithful", test_cases=["{0}"]), "mode='patient'"),
+    (dict(test_cases=["{0}"], folds=3, fold=3), "fold label"),
+])
+def test_named_patients_errors(cache, kwargs, match):
+    def fill(value):
+        if isinstance(value, list):
+            return [v.format(*cache.cases) for v in value]
+        return value
+    with pytest.raises(ConfigError, match=match):
+        make_split(cache, **{k: fill(v) for k, v in kwargs.items()})
+
+
+def test_prepare_names_each_folds_patients(phantom_msd, tmp_path):
+    from kdlib import pipeline
+
+    folds = [{"test": ["spleen_1"], "val": ["spleen_2"]}, {"test": ["spleen_2", "spleen_3"]}]
+    with pytest.raises(ConfigError, match="fold_cases entry"):
+        pipeline.prepare(tmp_path / "bad", [phantom_msd], size=32, hu_window=[-160, 240],
+                         settings=["corrected"], fold_cases=[{"val": ["spleen_1"]}])
+    prepared = pipeline.prepare(tmp_path, [phantom_msd], size=32, hu_window=[-160, 240],
+                                settings=["corrected", "faithful"], fold_cases=folds)
+    splits = [load_split(p) for p in prepared["corrected"]["splits"]]
+    assert [s["test_cases"] for s in splits] == [["spleen_1"], ["spleen_2", "spleen_3"]]
+    assert splits[0]["val_cases"] == ["spleen_2"] and splits[0]["val_by"] == "patient (named)"
+    assert [(s["fold"], s["folds"]) for s in splits] == [(0, 2), (1, 2)]
+    assert len(prepared["faithful"]["splits"]) == 1  # the faithful split stays one split by slice

@@ -61,7 +61,10 @@ def test_training_and_teacher_curves(tmp_path):
     visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert [ax.get_title() for ax in visible] == list(hist)
     assert "SYNTHETIC" in fig._suptitle.get_text()
+    for ax in visible:  # epochs are counts: integer ticks only
+        assert all(float(t).is_integer() for t in ax.get_xticks())
     fig = figures.teacher_curves({"T1": load_history(t1), "unet": load_history(unet)})
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
     assert len(fig.axes) == 4
     assert any("no reconstruction head" in t for t in _texts(fig))
     assert fig.axes[2].get_title() == "T1: reconstruction loss" or "T1" in fig.axes[1].get_title()
@@ -102,6 +105,8 @@ def test_qualitative_and_reconstruction_panels():
     texts = _texts(fig)
     assert "Dice 1.00" in texts and "case a · 4" in texts
     assert any(t.startswith("Dice 0.") for t in texts)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]  # which colour is which model
+    assert legend == ["ground truth", "Teacher", "KD student"]
     with pytest.raises(DataError):
         figures.qualitative_panel(images, masks, {"bad": masks[:2]})
     recon = images.astype(np.float32) / 255 + 0.01
@@ -121,17 +126,36 @@ def test_forest_plot_from_paired_comparisons(tmp_path):
         for scales, gain in (("B", 0.05), ("E", -0.01)):
             write_run(runs_dir, f"KD {scales}", model="S1", role="kd", seed=seed, teacher_run=teacher,
                       scales=scales, pmd=True, cases={c: v + gain + 0.002 * seed for c, v in cases.items()})
-    paired = claims.paired_comparisons(load_runs(runs_dir), n_boot=200)
+    paired = claims.paired_comparisons(load_runs(runs_dir))
     assert list(paired["label"]) == ["KD(T1,S1) B->B+PMD", "KD(T1,S1) E->E+PMD"]
     fig = figures.forest_plot(paired, synthetic=True)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == list(paired["label"])
+    assert "95% CI" in fig._suptitle.get_text()
     assert any(line.get_xdata()[0] == 0 and len(set(line.get_xdata())) == 1 for line in ax.lines)
     small = pd.DataFrame({"label": ["a", "b"], "diff": [0.1, -0.02], "ci_low": [0.05, np.nan],
                           "ci_high": [0.15, np.nan]})
     assert len(figures.forest_plot(small).axes[0].get_yticklabels()) == 2
     with pytest.raises(DataError):
         figures.forest_plot(pd.DataFrame({"label": ["a"]}))
+
+
+def test_forest_plot_without_intervals_says_so():
+    single = pd.DataFrame({"label": ["a", "b"], "diff": [0.1, -0.02], "ci_low": [np.nan] * 2,
+                           "ci_high": [np.nan] * 2, "n_pairs": [1, 1]})
+    title = figures.forest_plot(single)._suptitle.get_text()
+    assert "95% CI" not in title and "no intervals" in title
+
+
+def test_forest_plot_with_many_rows_is_split_by_pair():
+    pairs = ["T1->S1", "T1->S2", "T2->S1", "T2->S2", "T1->S1"]
+    rows = pd.DataFrame({"label": [f"config {i}" for i in range(50)], "pair": [pairs[i % 5] for i in range(50)],
+                         "diff": np.linspace(-0.1, 0.1, 50), "ci_low": np.linspace(-0.2, 0.0, 50),
+                         "ci_high": np.linspace(0.0, 0.2, 50)})
+    fig = figures.forest_plot(rows)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["T1->S1", "T1->S2", "T2->S1", "T2->S2"]
+    assert sum(len(ax.get_yticklabels()) for ax in fig.axes) == 50
+    assert max(len(ax.get_yticklabels()) for ax in fig.axes) <= 20
 
 
 def test_save_figure_footer_and_atomic(tmp_path):

@@ -167,6 +167,33 @@ def test_pmd_binary_zero_at_agreement_and_gradcheck():
                                     (s, t.requires_grad_()))
 
 
+def test_pmd_binary_is_a_pixel_mean_not_batchmean():
+    """The documented scale: the mean over pixels, i.e. the original's `batchmean` KL divided
+    by H*W, so the same w_pmd weighs the same at every resolution."""
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    T = 4.0
+    ps, pt = torch.sigmoid(s / T), torch.sigmoid(t / T)
+    per_pixel = pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))
+    batchmean = per_pixel.sum() / s.shape[0] * T * T
+    assert pmd_loss(s, t, "binary", T).item() == pytest.approx(batchmean.item() / 64, rel=1e-10)
+    # every pixel repeated 2x2 (a 16x16 image with the same content): the same value
+    up = lambda x: x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert pmd_loss(up(s), up(t), "binary", T).item() == pytest.approx(pmd_loss(s, t, "binary", T).item(), rel=1e-10)
+
+
+def test_random_projectors_draw_from_the_given_generator_only():
+    _, dist, s_out, t_out, target = make("T1", "S1", projector="random", scales=("B",), pmd="off")
+    values = []
+    for consume in (0, 1000):
+        dist.generator = torch.Generator().manual_seed(9)
+        torch.rand(consume)  # whatever the global RNG did before
+        with torch.no_grad():
+            values.append((dist(s_out, t_out, target)["B"].item(), dist(s_out, t_out, target)["B"].item()))
+    assert values[0] == values[1] and values[0][0] != values[0][1]
+
+
 def test_pmd_bad_mode():
     with pytest.raises(ValueError):
         pmd_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "softmax")

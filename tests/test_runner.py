@@ -1,14 +1,19 @@
-"""`python -m kdlib run`: profile validation and failure reporting (the smoke notebooks
-themselves are executed by nbval, so they are not run a second time here)."""
+"""`python -m kdlib run`: profile validation, failure reporting, one run per folder,
+atomic executed notebooks, kernel environment (the smoke notebooks themselves are executed
+by nbval, so they are not run a second time here: these tests use tiny fake notebooks)."""
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from kdlib import runner
+from kdlib import runner, threads
 from kdlib.errors import ConfigError, KdlibError
 from kdlib.paths import NOTEBOOKS_DIR, PROFILES_DIR
 
@@ -76,3 +81,172 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kdlib", "run", "--profile", "nope", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown profile" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- tiny fake notebooks, so that kernel-level behaviour is tested in seconds -------------
+
+KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+# the cell waits until the test creates `release` in the output folder (at most 60 s)
+WAIT_CELL = """import os, pathlib, time
+pathlib.Path(out_dir, "kernel.pid").write_text(str(os.getpid()))
+for _ in range(600):
+    if pathlib.Path(out_dir, "release").exists():
+        break
+    time.sleep(0.1)"""
+# runs the CLI with the fake notebooks and profiles folders
+DRIVER = """import functools, sys
+from kdlib import cli, runner
+runner.run_notebooks = functools.partial(runner.run_notebooks, notebooks_dir=sys.argv[1],
+                                         profiles_dir=sys.argv[2])
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def _fake_project(root: Path, cells: list[str]) -> tuple[Path, Path]:
+    """A notebooks folder with one notebook `01_fake` running `cells`, and a profile `p`."""
+    nb_dir = root / "nbs"
+    nb_dir.mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
+    nb.cells = [nbformat.v4.new_code_cell("profile = ''\nout_dir = ''", metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(src) for src in cells]
+    nbformat.write(nb, nb_dir / "01_fake.ipynb")
+    return nb_dir, _write_profile(root / "profiles", {"common": {}})
+
+
+def _start_cli(root: Path, nb_dir: Path, profiles: Path, out: Path) -> subprocess.Popen:
+    (root / "driver.py").write_text(DRIVER)
+    return subprocess.Popen([sys.executable, str(root / "driver.py"), str(nb_dir), str(profiles),
+                             "run", "--profile", "p", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early: {proc.communicate()}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.1)
+
+
+def test_second_run_on_the_same_folder_fails_at_once_naming_the_first(tmp_path):
+    nb_dir, profiles = _fake_project(tmp_path, [WAIT_CELL])
+    out = tmp_path / "out"
+    first = _start_cli(tmp_path, nb_dir, profiles, out)
+    try:
+        _wait_for(out / "kernel.pid", first)  # the first run is inside its notebook
+        started = time.time()
+        (tmp_path / "driver.py").write_text(DRIVER)
+        second = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(nb_dir), str(profiles),
+                                 "run", "--profile", "p", "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"PID {first.pid}" in second.stderr and str(out) in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert time.time() - started < 30  # it did not wait for the first run
+        assert first.poll() is None  # ... nor disturb it
+    finally:
+        (out / "release").touch()
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (out / "notebooks" / "01_fake.ipynb").exists()
+    # the whole batch log: no "Kernel is running over TCP without encryption" (issue 11)
+    assert "without encryption" not in stdout + stderr and "WARNING" not in stdout + stderr
+
+
+def test_interrupted_run_leaves_no_half_written_notebook(tmp_path):
+    nb_dir, profiles = _fake_project(tmp_path, [WAIT_CELL])
+    out = tmp_path / "out"
+    run = _start_cli(tmp_path, nb_dir, profiles, out)
+    _wait_for(out / "kernel.pid", run)
+    # papermill has saved the notebook after the parameters cell: a half-written copy exists
+    assert list((out / "notebooks").glob(f".*{runner.PARTIAL_SUFFIX}"))
+    run.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert list((out / "notebooks").iterdir()) == []  # neither the partial copy nor a target
+    kernel = int((out / "kernel.pid").read_text())
+    for _ in range(50):  # the kernel is stopped too, not left training in the background
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(kernel, signal.SIGKILL)
+        pytest.fail("the kernel outlived the interrupted run")
+    assert not (out / ".kdlib.lock").exists()
+
+
+def test_interrupted_kernel_is_an_interruption_not_a_failed_notebook(tmp_path):
+    nb_dir, profiles = _fake_project(tmp_path, ["raise KeyboardInterrupt"])
+    out = tmp_path / "out"
+    (out / "notebooks").mkdir(parents=True)
+    (out / "notebooks" / f".01_fake{runner.PARTIAL_SUFFIX}").write_text("{")  # left by a SIGKILL
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_notebooks("p", out=out, notebooks_dir=nb_dir, profiles_dir=profiles)
+    assert list((out / "notebooks").iterdir()) == []
+
+
+def test_kernels_get_thread_settings_and_the_caller_keeps_its_environment(tmp_path, monkeypatch, capfd):
+    for name in (*threads.THREAD_VARIABLES, threads.WAIT_POLICY, "KDLIB_BATCH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "load_average", lambda: 1.7)  # one core taken by other work
+    dump = ("import json, os, pathlib\n"
+            "names = ['OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OMP_WAIT_POLICY', 'KDLIB_BATCH']\n"
+            "pathlib.Path(out_dir, 'env.json').write_text(json.dumps({n: os.environ.get(n) for n in names}))")
+    nb_dir, profiles = _fake_project(tmp_path, [dump])
+    runner.run_notebooks("p", out=tmp_path / "out", notebooks_dir=nb_dir, profiles_dir=profiles)
+    seen = json.loads((tmp_path / "out" / "env.json").read_text())
+    assert seen == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                    "KDLIB_BATCH": "1"}
+    assert not any(os.environ.get(n) for n in seen)  # restored in the calling process
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if "load 1.7 on 2 cores" in line]
+    assert len(warnings) == 1 and "1 torch/OpenMP thread" in warnings[0]
+    assert "without encryption" not in err
+    executed = nbformat.read(tmp_path / "out" / "notebooks" / "01_fake.ipynb", as_version=4)
+    assert executed.metadata.papermill.output_path == str(tmp_path / "out" / "notebooks" / "01_fake.ipynb")
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
+    nb_dir, profiles = _fake_project(tmp_path, [])
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(KdlibError, match="output folder"):
+        runner.run_notebooks("p", out=tmp_path / "taken", notebooks_dir=nb_dir, profiles_dir=profiles)
+
+
+def _bench_smoke():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_smoke.py"
+    spec = importlib.util.spec_from_file_location("bench_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_smoke_times_each_notebook_and_measures_disk(tmp_path, monkeypatch):
+    bench = _bench_smoke()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    env = bench.thread_free_env(keep=False)
+    assert "OMP_NUM_THREADS" not in env and "OMP_WAIT_POLICY" not in env  # the runner chooses
+    write_blob = "import pathlib\npathlib.Path(out_dir, 'blob').write_bytes(b'x' * 2_500_000)"
+    nb_dir, profiles = _fake_project(tmp_path, [write_blob])
+    (tmp_path / "driver.py").write_text(DRIVER)
+    out = tmp_path / "out"
+    command = [sys.executable, str(tmp_path / "driver.py"), str(nb_dir), str(profiles), "run",
+               "--profile", "p", "--out", str(out)]
+    burner = bench.start_burner(1)  # the busy neighbour starts and stops cleanly
+    try:
+        result = bench.measure(command, out, env)
+    finally:
+        rate = bench.stop_burner(burner)
+    assert burner.poll() is not None and rate is not None and rate > 0
+    assert result["returncode"] == 0 and set(result["notebooks_s"]) == {"01_fake"}
+    assert 0 < result["notebooks_s"]["01_fake"] <= result["total_s"]
+    assert result["disk_mb"]["blob"] == 2.5 and result["disk_mb"]["total"] >= 2.5
+    assert result["disk_mb"]["notebooks"] > 0  # the executed notebook is counted too

@@ -1,4 +1,5 @@
-"""kdlib.stats against hand-computed values and the thesis's section 4.7 figures."""
+"""kdlib.stats: the thesis's section 4.7 ANOVA, the one interval method (with a coverage
+simulation of the real design), verdicts (with a property test) and power."""
 from __future__ import annotations
 
 import csv
@@ -72,8 +73,11 @@ def test_thesis_anova_groups_table_4_11(thesis_rows):
     assert r["groups"]["KD(T1,S1)"]["mean"] == pytest.approx(0.6079, abs=1e-4)
 
 
-def test_thesis_anova_reproduced_with_baseline_0_551(thesis_rows):
-    # The text quotes the baseline as "0.55": a baseline near 0.5511 gives F = 5.48, p = 0.039.
+def test_thesis_anova_text_value_and_solved_value(thesis_rows):
+    # the text's rounded "0.55" gives F = 5.69, p = 0.036: not the reported 5.48
+    r = S.one_way_anova(S.thesis_anova_groups(thesis_rows, baseline_iou=0.55))
+    assert round(r["F"], 2) == 5.69 and round(r["p"], 3) == 0.036
+    # solving F(b) = 5.48 for the baseline b gives about 0.551
     r = S.one_way_anova(S.thesis_anova_groups(thesis_rows, baseline_iou=0.55107))
     assert round(r["F"], 2) == 5.48 and round(r["p"], 3) == 0.039
     assert (r["df_between"], r["df_within"]) == (1, 11)
@@ -103,69 +107,141 @@ def test_thesis_anova_groups_accepts_dataframe(thesis_rows):
         S.thesis_anova_groups(df, selection="some")
 
 
-# ------------------------------------------------------------------ bootstrap
-def test_bootstrap_two_point_distribution():
-    # resampled means of [0, 1] (n = 2): 0 w.p. 1/4, 0.5 w.p. 1/2, 1 w.p. 1/4
-    assert S.bootstrap_ci([0.0, 1.0], ci=0.95) == (0.0, 1.0)   # 2.5th / 97.5th pct
-    assert S.bootstrap_ci([0.0, 1.0], ci=0.40) == (0.5, 0.5)   # 30th / 70th pct
+def test_anova_docstring_states_the_numbers_exactly():
+    doc = S.thesis_anova_groups.__doc__
+    assert "F(1, 11) = 4.40, p = 0.060" in doc and "5.69" in doc and "solving" in doc
+    assert "many" not in doc and "125,970" in doc
+    assert "the text itself gives" not in doc
 
 
-def test_bootstrap_deterministic_and_generic_stat():
-    x = np.random.default_rng(0).normal(size=30)
-    a = S.bootstrap_ci(x, n_boot=2000, seed=3)
-    assert a == S.bootstrap_ci(x, n_boot=2000, seed=3)
-    assert a[0] < x.mean() < a[1]
-    # a statistic without an axis argument takes the per-resample path: same draws
-    assert S.bootstrap_ci(x, stat=lambda v: float(np.mean(v)), n_boot=2000, seed=3) == \
-        pytest.approx(a)
-    lo, hi = S.bootstrap_ci(x, stat=np.median, n_boot=2000)
-    assert lo <= np.median(x) <= hi
+# ------------------------------------------------------------------ the one interval method
+def _simulate(rng, folds=3, patients_per_fold=2, seeds=2, truth=0.05,
+              sd_fold=0.01, sd_seed=0.03, sd_patient=0.03, sd_noise=0.02):
+    """One experiment of the real design: seeds nested in folds, patients nested in folds."""
+    blocks = []
+    for _ in range(folds):
+        fold = rng.normal(0, sd_fold)
+        seed = rng.normal(0, sd_seed, size=(seeds, 1))
+        patient = rng.normal(0, sd_patient, size=(1, patients_per_fold))
+        blocks.append(truth + fold + seed + patient + rng.normal(0, sd_noise, size=(seeds, patients_per_fold)))
+    return blocks
 
 
-def test_bootstrap_degenerate():
-    assert all(math.isnan(v) for v in S.bootstrap_ci([1.0]))
-    assert S.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    with pytest.raises(ConfigError):
-        S.bootstrap_ci([1, 2], ci=1.5)
+@pytest.mark.parametrize("components", [
+    dict(sd_fold=0.01, sd_seed=0.03, sd_patient=0.03, sd_noise=0.02),   # a mix
+    dict(sd_fold=0.0, sd_seed=0.05, sd_patient=0.02, sd_noise=0.02),    # seed noise dominates
+    dict(sd_fold=0.0, sd_seed=0.0, sd_patient=0.04, sd_noise=0.02),     # patients dominate
+])
+def test_coverage_of_the_nested_interval(components):
+    rng = np.random.default_rng(20261126)
+    covered = 0
+    for _ in range(200):
+        r = S.nested_interval(_simulate(rng, **components))
+        assert r["method"] == "nested" and r["n_patients"] == 6 and r["n_runs"] == 6
+        covered += r["ci_low"] <= 0.05 <= r["ci_high"]
+    assert 0.90 <= covered / 200 <= 0.99
 
 
-def test_bootstrap_diff():
-    b = np.array([0.5, 0.6, 0.7, 0.8])
-    assert S.bootstrap_diff_ci(b + 0.1, b) == pytest.approx((0.1, 0.1))
-    assert S.bootstrap_diff_ci([1.0, 1.0, 1.0], [0.0, 0.0], paired=False) == (1.0, 1.0)
+def test_patient_t_interval_would_undercover_when_seeds_dominate():
+    # why the nested interval: a plain t interval over the 6 patient means ignores that a
+    # fold's patients share its runs (the rejected method, checked on the same design)
+    rng = np.random.default_rng(7)
+    covered = 0
+    for _ in range(200):
+        means = np.concatenate([b.mean(axis=0) for b in _simulate(rng, sd_fold=0.0, sd_seed=0.06,
+                                                                   sd_patient=0.01, sd_noise=0.01)])
+        half = st.t.ppf(0.975, 5) * means.std(ddof=1) / math.sqrt(6)
+        covered += abs(means.mean() - 0.05) <= half
+    assert covered / 200 < 0.90
+
+
+def test_nested_interval_by_hand():
+    # one fold, 2 seeds x 2 patients: patient means [1.5, 3.5] -> W = 2 (df 1);
+    # seed means [2, 3] -> R = 0.5 (df 1); Var = 2^2 * 0.5 / 2 / 4 + 2 / 2 = 1.25
+    r = S.nested_interval([[[1.0, 3.0], [2.0, 4.0]]])
+    assert r["estimate"] == 2.5 and r["method"] == "nested" and r["run_noise_measured"]
+    assert r["se"] == pytest.approx(math.sqrt(1.25))
+    df = 1.25 ** 2 / (0.25 ** 2 + 1.0 ** 2)
+    assert r["df"] == pytest.approx(df)
+    half = st.t.ppf(0.975, df) * math.sqrt(1.25)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((2.5 - half, 2.5 + half))
+
+
+def test_nested_interval_fallbacks():
+    # one seed per fold, 3 folds: the fold means carry run noise; df = folds - 1
+    r = S.nested_interval([[0.1, 0.2], [0.3, 0.2], [0.0, 0.1]])
+    assert r["method"] == "folds" and r["df"] == 2 and r["run_noise_measured"]
+    assert r["ci_low"] < r["estimate"] < r["ci_high"]
+    # one run in all: only patients vary, flagged
+    one = S.nested_interval([[0.1, 0.2, 0.4]])
+    assert one["method"] == "patients only" and not one["run_noise_measured"]
+    # one patient: no interval
+    single = S.nested_interval([[0.3]])
+    assert single["estimate"] == 0.3 and math.isnan(single["ci_low"])
+    assert math.isnan(S.nested_interval([])["estimate"])
     with pytest.raises(DataError):
-        S.bootstrap_diff_ci([1, 2, 3], [1, 2])
+        S.nested_interval([[[0.1, float("nan")]]])
+    # seeds of one fold are not patients: 2 seeds x 1 patient is one patient, not two
+    assert S.nested_interval([[[0.1], [0.3]]])["n_patients"] == 1
 
 
-def test_summarize():
-    s = S.summarize([1, 2, 3, 4])
-    # mean 2.5; sample variance ((1.5^2 + 0.5^2) * 2) / 3 = 5/3
-    assert s["mean"] == 2.5 and s["n"] == 4
-    assert s["std"] == pytest.approx(math.sqrt(5 / 3))
-    assert 1.0 <= s["ci_low"] <= 2.5 <= s["ci_high"] <= 4.0
-    one = S.summarize([0.7])
-    assert one["mean"] == 0.7 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+def test_minimal_detectable_effect():
+    assert S.minimal_detectable_effect(0.01, 10) == pytest.approx(
+        (st.t.ppf(0.975, 10) + st.t.ppf(0.8, 10)) * 0.01)
+    assert math.isnan(S.minimal_detectable_effect(float("nan"), 3))
 
 
-# ------------------------------------------------------------------ paired tests
-def test_wilcoxon_exact_by_hand():
-    b = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-    a = b + np.array([1, 2, 3, 4, 5]) * 0.01
-    r = S.paired_wilcoxon(a, b)
-    # all 5 differences positive: W- = 0; exact two-sided p = 2 * (1 / 2^5) = 0.0625
-    assert r["statistic"] == 0.0 and r["p"] == pytest.approx(0.0625)
-    assert r["n"] == 5 and r["reason"] is None
-
-
+# ------------------------------------------------------------------ verdicts
 @pytest.mark.parametrize(
-    "a, b, reason",
-    [([0.5, 0.6, 0.7], [0.5, 0.6, 0.7], "all differences are zero"),
-     ([0.5], [0.4], "fewer than 2 pairs"),
-     ([], [], "fewer than 2 pairs")],
+    "low, high, kwargs, expected",
+    [(0.01, 0.05, {}, "supported"),
+     (-0.01, 0.05, {}, "inconclusive"),
+     (-0.05, -0.01, {}, "contradicted"),
+     (-0.05, -0.01, {"kind": "less"}, "supported"),
+     (0.01, 0.05, {"testable": False}, "not testable here"),
+     (0.01, 0.05, {"ran": False}, "not run in this profile"),
+     (float("nan"), float("nan"), {}, "not testable here"),
+     (None, 0.1, {}, "not testable here"),
+     (-0.03, 0.01, {"kind": "at most", "margin": 0.02}, "supported"),
+     (0.03, 0.05, {"kind": "at most", "margin": 0.02}, "contradicted"),
+     (-0.01, 0.01, {"kind": "equivalent", "margin": 0.02}, "supported"),
+     (0.03, 0.05, {"kind": "equivalent", "margin": 0.02}, "contradicted"),
+     (-0.01, 0.05, {"kind": "equivalent", "margin": 0.02}, "inconclusive"),
+     (-0.015, 0.2, {"kind": "at least", "margin": 0.02}, "supported")],
 )
-def test_wilcoxon_degenerate(a, b, reason):
-    r = S.paired_wilcoxon(a, b)
-    assert math.isnan(r["p"]) and reason in r["reason"]
+def test_verdict(low, high, kwargs, expected):
+    assert S.verdict(low, high, **kwargs) == expected
+    assert expected in S.VERDICTS
+
+
+def test_no_verdict_contradicts_its_own_interval():
+    rng = np.random.default_rng(1)
+    for _ in range(3000):
+        lo, hi = np.sort(rng.normal(0, 0.05, size=2))
+        kind = S.CLAIM_KINDS[rng.integers(len(S.CLAIM_KINDS))]
+        margin = float(rng.uniform(0, 0.04)) if kind in ("at most", "at least", "equivalent") else 0.0
+        v = S.verdict(lo, hi, kind=kind, margin=margin)
+        # the region the claim asserts, as an interval of effects
+        claimed = {"greater": (0, math.inf), "less": (-math.inf, 0), "at most": (-math.inf, margin),
+                   "at least": (-margin, math.inf), "equivalent": (-margin, margin)}[kind]
+        inside = claimed[0] < lo and hi < claimed[1]
+        outside = hi < claimed[0] or lo > claimed[1]
+        assert (v == "supported") == inside
+        assert (v == "contradicted") == outside
+        assert (v == "inconclusive") == (not inside and not outside)
+
+
+def test_verdict_bad_input():
+    with pytest.raises(ConfigError):
+        S.verdict(0, 1, kind="bigger")
+    with pytest.raises(DataError):
+        S.verdict(0.2, 0.1)
+
+
+def test_consistent_with():
+    assert S.consistent_with(0.05, 0.0, 0.1) == "yes"
+    assert S.consistent_with(0.2, 0.0, 0.1) == "no"
+    assert S.consistent_with(0.05, float("nan"), 0.1) == "–"
 
 
 def test_holm_by_hand():
@@ -175,69 +251,3 @@ def test_holm_by_hand():
     assert S.holm({"x": 0.5, "y": 0.6}) == {"x": 1.0, "y": 1.0}  # 0.5*2 capped at 1
     out = S.holm([0.02, float("nan"), 0.04])  # NaN ignored: m = 2
     assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
-
-
-def test_effect_sizes_by_hand():
-    b = np.zeros(3)
-    # d = [1, 2, 3]: mean 2, sd 1 -> d_z = 2
-    assert S.cohens_d_paired(b + [1, 2, 3], b) == pytest.approx(2.0)
-    assert math.isnan(S.cohens_d_paired([1.0], [0.0]))
-    # d = [1, 2, -3, 4]: ranks 1,2,3,4; T+ = 7, T- = 3 -> (7 - 3) / 10 = 0.4
-    assert S.rank_biserial([1, 2, -3, 4], [0, 0, 0, 0]) == pytest.approx(0.4)
-    # ties: |d| = [1, 1, 2] -> ranks 1.5, 1.5, 3; d = [1, -1, 2]: T+ = 4.5, T- = 1.5 -> 0.5
-    assert S.rank_biserial([1, -1, 2], [0, 0, 0]) == pytest.approx(0.5)
-    assert S.rank_biserial([1, 1], [1, 1]) == 0.0
-
-
-# ------------------------------------------------------------------ compare_to_baseline
-def test_compare_to_baseline():
-    cases = [f"c{i}" for i in range(6)]
-    base = {c: 0.5 + 0.02 * i for i, c in enumerate(cases)}
-    better = {c: base[c] + 0.01 * (i + 1) for i, c in enumerate(cases)}  # diffs .01...06
-    same = dict(base)
-    partial = {c: {"dice": base[c] - 0.1, "iou": 0.0} for c in cases[:4]}  # score dicts
-    df = S.compare_to_baseline({"S1": base, "KD": better, "same": same, "part": partial},
-                               baseline="S1", n_boot=2000)
-    assert list(df["config"]) == ["KD", "same", "part"]
-    kd = df.set_index("config").loc["KD"]
-    assert kd["n_pairs"] == 6
-    assert kd["mean_diff"] == pytest.approx(0.035)
-    assert kd["ci_low"] > 0
-    # six positive differences: exact p = 2 / 2^6 = 0.03125
-    assert kd["p"] == pytest.approx(0.03125)
-    part = df.set_index("config").loc["part"]
-    assert part["n_pairs"] == 4 and part["mean_diff"] == pytest.approx(-0.1)
-    # Holm over the two finite p-values ("same" has none: all differences zero)
-    same_row = df.set_index("config").loc["same"]
-    assert math.isnan(same_row["p"]) and same_row["reason"] == "all differences are zero"
-    assert kd["p_holm"] == pytest.approx(min(1.0, 2 * 0.03125))
-    assert S.verdict(kd["ci_low"], kd["ci_high"]) == "supported"
-
-
-def test_compare_to_baseline_accepts_per_volume_reports():
-    from kdlib import metrics as M
-    rng = np.random.default_rng(2)
-    t = rng.random((6, 8, 8)) > 0.5
-    ids = ["a", "a", "b", "b", "c", "c"]
-    good = M.per_volume(t, t, ids)
-    bad = M.per_volume(rng.random((6, 8, 8)) > 0.5, t, ids)
-    df = S.compare_to_baseline({"bad": bad, "good": good}, baseline="bad", n_boot=500)
-    assert df.loc[0, "n_pairs"] == 3 and df.loc[0, "mean_diff"] > 0
-    with pytest.raises(DataError):
-        S.compare_to_baseline({"good": good}, baseline="nope")
-
-
-@pytest.mark.parametrize(
-    "low, high, kwargs, expected",
-    [(0.01, 0.05, {}, "supported"),
-     (-0.01, 0.05, {}, "not supported"),
-     (-0.05, -0.01, {}, "not supported"),
-     (-0.05, -0.01, {"direction": "less"}, "supported"),
-     (0.01, 0.05, {"n": 1}, "not testable here"),
-     (float("nan"), float("nan"), {}, "not testable here"),
-     (None, 0.1, {}, "not testable here"),
-     (0.01, 0.05, {"null": 0.02}, "not supported")],
-)
-def test_verdict(low, high, kwargs, expected):
-    assert S.verdict(low, high, **kwargs) == expected
-    assert expected in S.VERDICTS

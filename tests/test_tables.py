@@ -30,8 +30,10 @@ def write_run(runs_dir: Path, name: str, *, model: str, role: str, seed: int = 0
               teacher_run: str | None = None, scales: str = "", loss: str = "infonce", pmd: bool = False,
               fraction: float = 0.5, setting: str = "corrected", split: str = "split-fold0.json",
               dice: float = 0.7, cases: dict[str, float] | None = None, synthetic: bool = True,
-              psnr: float | None = None, epochs: int = 3, params: int = 57_297) -> dict:
-    """One finished run folder (config.json, metrics.json, history.csv); returns its path."""
+              psnr: float | None = None, epochs: int = 3, params: int = 57_297,
+              last_epoch_drop: float = 0.01) -> dict:
+    """One finished run folder (config.json, metrics.json, history.csv); returns its path.
+    `role` "control" is our KD-off control (the KD recipe without a teacher)."""
     kd = None
     if role == "kd":
         kd = {"scales": scales.split("+"), "loss": loss,
@@ -41,12 +43,18 @@ def write_run(runs_dir: Path, name: str, *, model: str, role: str, seed: int = 0
               "train_subset": "train" if fraction >= 1.0 or role == "teacher" else "student_train",
               "seed": seed, "teacher_run": teacher_run, "kd": kd, "setting": setting,
               "threshold": "logit" if setting == "faithful" else "prob", "epochs": epochs}
+    if role == "control":
+        config.update(optimizer="rmsprop", lr=1e-2, batch_size=20, loss="dice")
     metrics = {"pooled": _scores(dice), "per_image": _scores(dice - 0.05), "loss": 1 - dice,
-               "params": params, "synthetic": synthetic, "best_epoch": epochs}
+               "params": params, "synthetic": synthetic, "best_epoch": epochs,
+               "last_epoch": {"pooled": _scores(dice - last_epoch_drop)}}
     if cases is not None:
         per_case = {cid: _scores(v) for cid, v in cases.items()}
         metrics["per_volume"] = {"mean": _scores(float(np.mean(list(cases.values())))),
                                  "cases": per_case, "n_cases": len(cases)}
+        metrics["last_epoch"]["per_volume"] = {
+            "mean": _scores(float(np.mean(list(cases.values()))) - last_epoch_drop),
+            "cases": {cid: _scores(v - last_epoch_drop) for cid, v in cases.items()}, "n_cases": len(cases)}
     if psnr is not None:
         metrics.update(psnr=psnr, ssim=0.9)
     slug = f"{name.lower().replace(' ', '-').replace('(', '').replace(')', '').replace(',', '-')}-s{seed}-{setting}"
@@ -69,51 +77,66 @@ CASES = [f"spleen_{i}" for i in range(1, 9)]
 
 
 def fake_study(runs_dir: Path, effects: dict | None = None, seeds=(0, 1, 2), settings=("corrected",),
-               base: dict | None = None, noise: float = 0.004, with_cases: bool = True) -> list[dict]:
-    """Teachers, baselines and every KD configuration the claims use, with per-case Dice =
-    student baseline + effect(config) + case effect + small seed noise (deterministic).
+               base: dict | None = None, noise: float = 0.004, with_cases: bool = True, folds: int = 1,
+               kd_scale_order: str = "EBD") -> list[dict]:
+    """Teachers, baselines, KD-off controls and every KD configuration the claims use, with
+    per-case Dice = student baseline + effect(config) + case effect + small seed noise
+    (deterministic). With `folds` > 1 the cases are split among folds (each case tested by
+    one fold's runs, as in the real design) and every run is trained per fold and seed.
 
-    `effects` maps claims' labels (e.g. "KD(T1,S1) B->B+PMD") to Dice gains over the
-    student's baseline; unlisted configurations get `effects["default"]` (0.0).
+    `effects` maps claims' labels (e.g. "KD(T1,S1) B->B+PMD", "S1 control") to Dice gains
+    over the student's baseline; unlisted KD configurations get `effects["default"]` (0.0).
+    KD scales are stored in `kd_scale_order` (losses.KDConfig stores E, B, D).
     """
     effects = {"default": 0.0, **(effects or {})}
     base = {"S1": 0.70, "S2": 0.76, "S1 (100% data)": 0.74, **(base or {})}
     rng = np.random.default_rng(0)
     case_effect = dict(zip(CASES, np.linspace(-0.05, 0.05, len(CASES))))
     for setting in settings:
-        teachers = {}
-        for t in ("unet", "T1", "T2"):
-            teachers[t] = write_run(runs_dir, t, model=t, role="teacher", setting=setting, dice=0.95,
-                                    psnr=30.0 if t != "unet" else None, params=43_236_036, fraction=1.0)
-        configs = [("S1 baseline", "S1", None, "", False, "none", 0.5, base["S1"]),
-                   ("S2 baseline", "S2", None, "", False, "none", 0.5, base["S2"]),
-                   ("S1 baseline (100% data)", "S1", None, "", False, "none", 1.0, base["S1 (100% data)"])]
-        pairs = [("T1", "S1"), ("T2", "S1"), ("T1", "S2"), ("T2", "S2")]
-        for t, s in pairs:
-            extra = ("E+D", "B+D") if (t, s) == ("T1", "S1") else ()
-            for scales in ("B", "E", "D", "B+E", "B+E+D", *extra):
+        for fold in range(folds):
+            split = f"split-fold{fold}.json"
+            fold_cases = CASES[fold::folds]
+            teachers = {}
+            for t in ("unet", "T1", "T2"):
+                teachers[t] = write_run(runs_dir, t, model=t, role="teacher", setting=setting, dice=0.95,
+                                        psnr=30.0 if t != "unet" else None, params=43_236_036, fraction=1.0,
+                                        split=split)
+            configs = [("S1 baseline", "S1", None, "", False, "none", 0.5, base["S1"]),
+                       ("S2 baseline", "S2", None, "", False, "none", 0.5, base["S2"]),
+                       ("S1 baseline (100% data)", "S1", None, "", False, "none", 1.0, base["S1 (100% data)"]),
+                       ("S1 control", "S1", None, "", False, "none", 0.5, base["S1"]),
+                       ("S2 control", "S2", None, "", False, "none", 0.5, base["S2"])]
+            pairs = [("T1", "S1"), ("T2", "S1"), ("T1", "S2"), ("T2", "S2")]
+            for t, s in pairs:
+                extra = ("E+D", "B+D") if (t, s) == ("T1", "S1") else ()
+                for scales in ("B", "E", "D", "B+E", "B+E+D", *extra):
+                    for pmd in (False, True):
+                        configs.append((None, s, t, scales, pmd, "infonce", 0.5, base[s]))
+            configs.append((None, "S1", "T1", "B", False, "infonce", 1.0, base["S1 (100% data)"]))
+            for scales in ("B", "B+E", "B+E+D"):
                 for pmd in (False, True):
-                    configs.append((None, s, t, scales, pmd, "infonce", 0.5, base[s]))
-        for scales in ("B", "B+E", "B+E+D"):
-            for pmd in (False, True):
-                configs.append((None, "S1", "T1", scales, pmd, "mse", 0.5, base["S1"]))
-        for name, student, teacher, scales, pmd, loss, fraction, dice0 in configs:
-            role = "baseline" if teacher is None else "kd"
-            spec_label = name or _label(teacher, student, scales, pmd, loss)
-            gain = effects.get(spec_label, effects["default"]) if role == "kd" else 0.0
-            for seed in seeds:
-                jitter = float(rng.normal(0, noise))
-                cases = {c: dice0 + gain + e + jitter + float(rng.normal(0, noise)) for c, e in case_effect.items()}
-                write_run(runs_dir, spec_label, model=student, role=role, seed=seed,
-                          teacher_run=teachers[teacher] if teacher else None, scales=scales, loss=loss, pmd=pmd,
-                          fraction=fraction, setting=setting, dice=float(np.mean(list(cases.values()))),
-                          cases=cases if with_cases else None)
+                    configs.append((None, "S1", "T1", scales, pmd, "mse", 0.5, base["S1"]))
+            for name, student, teacher, scales, pmd, loss, fraction, dice0 in configs:
+                role = "kd" if teacher else "control" if "control" in name else "baseline"
+                spec_label = name or _label(teacher, student, scales, pmd, loss, fraction)
+                gain = effects.get(spec_label, effects["default"] if role == "kd" else 0.0) \
+                    if role != "baseline" else 0.0
+                stored = "+".join(c for c in kd_scale_order if c in scales.split("+"))
+                for seed in seeds:
+                    jitter = float(rng.normal(0, noise))
+                    cases = {c: dice0 + gain + case_effect[c] + jitter + float(rng.normal(0, noise))
+                             for c in fold_cases}
+                    write_run(runs_dir, spec_label, model=student, role=role, seed=seed,
+                              teacher_run=teachers[teacher] if teacher else None, scales=stored, loss=loss,
+                              pmd=pmd, fraction=fraction, setting=setting, split=split,
+                              dice=float(np.mean(list(cases.values()))), cases=cases if with_cases else None)
     return load_runs(runs_dir)
 
 
-def _label(teacher, student, scales, pmd, loss):
+def _label(teacher, student, scales, pmd, loss, fraction=0.5):
     arrows = "+".join(f"{s}->{s}" for s in scales.split("+"))
-    return f"KD({teacher},{student}) {arrows}{'+PMD' if pmd else ''}{' MSE' if loss == 'mse' else ''}"
+    data = " (100% data)" if fraction >= 1.0 else ""
+    return f"KD({teacher},{student}) {arrows}{'+PMD' if pmd else ''}{' MSE' if loss == 'mse' else ''}{data}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -128,8 +151,12 @@ def study(tmp_path_factory):
 def test_table_layout_and_values(study):
     df = tables.table("4.2", study)
     thesis = experiments.thesis_rows(["4.2"])
-    assert list(df["row"].unique()) == [r["row"] for r in thesis]
-    assert len(df) == 2 * len(thesis)  # one row per thesis row and setting
+    ours = [r["row"] for r in experiments.CONTROL_ROWS]
+    assert list(df["row"].unique()) == [r["row"] for r in thesis] + ours  # controls last, marked ours
+    assert len(df) == 2 * (len(thesis) + len(ours))  # one row per row and setting
+    assert set(df[df["row"].isin(ours)]["source"]) == {"ours"} and df[df["row"].isin(ours)]["thesis_dice"].isna().all()
+    control = df[(df["row"] == ours[0]) & (df["setting"] == "corrected")].iloc[0]
+    assert control["n_runs"] == 3 and control["ours_dice"] == pytest.approx(0.70, abs=0.01)
     assert set(df["setting"]) == {"corrected", "faithful"}
     for m in ("iou", "dice", "recall", "precision"):
         for prefix in ("thesis_", "ours_", "diff_"):
@@ -145,7 +172,8 @@ def test_table_layout_and_values(study):
     assert len(runs) == 3
     assert kd["ours_dice"] == pytest.approx(expected)
     assert kd["diff_dice"] == pytest.approx(expected - 0.772)
-    assert kd["ours_dice_ci_low"] <= kd["ours_dice"] <= kd["ours_dice_ci_high"]
+    assert kd["ours_dice_ci_low"] <= kd["ours_dice_patients"] <= kd["ours_dice_ci_high"]
+    assert kd["n_patients"] == len(CASES)
     assert kd["params_m"] == pytest.approx(0.057)
     assert kd["ours_params_m"] == pytest.approx(0.057297)
     assert df.attrs["synthetic"] is True and df.attrs["table"] == "4.2"
@@ -155,7 +183,9 @@ def test_rows_without_runs_keep_thesis_numbers(tmp_path, study):
     one_seed = [r for r in study if r["config"]["seed"] == 0 and r["config"]["setting"] == "corrected"]
     df = tables.table("4.2", one_seed)
     row = df[df["row"] == "S1: U-Net-S"].iloc[0]
-    assert row["n_seeds"] == 1 and math.isnan(row["ours_dice_ci_low"])  # no CI from one seed
+    # one run: run-to-run variation unmeasured, but the patients still give an interval
+    assert row["n_seeds"] == 1 and row["ours_dice_ci_low"] < row["ours_dice_ci_high"]
+    assert row["ci_method"] == "patients only"  # ... and the table says so
     empty = tables.table("4.3", [])
     assert (empty["n_seeds"] == 0).all()
     assert empty["ours_dice"].isna().all() and empty["diff_iou"].isna().all()
@@ -188,9 +218,9 @@ def test_all_tables_and_headline(study):
     b = t47[(t47["row"] == "B->B+PMD") & (t47["setting"] == "corrected")]["ours_dice"].iloc[0]
     assert a == b
     head = tables.headline_table(study)
-    assert list(head.columns[:4]) == ["row", "setting", "n", "ours_dice"]
+    assert list(head.columns[:4]) == ["row", "setting", "n", "patients"]
     assert head["ours_dice_text"].str.contains(r"\[").all()
-    assert (head["thesis_dice"] > 0).all()
+    assert (head["thesis_dice"].dropna() > 0).all() and head["thesis_dice"].isna().sum() == 4  # controls
 
 
 def test_write_table(tmp_path, study):
@@ -199,7 +229,7 @@ def test_write_table(tmp_path, study):
     text = md_path.read_text()
     first = text.splitlines()[0]
     assert first.startswith("Table 4.3") and "SYNTHETIC DATA" in first
-    assert "| row | setting |" in text
+    assert "| row | source | setting |" in text
     back = pd.read_csv(csv_path)
     assert len(back) == len(df) and list(back.columns) == list(df.columns)
     # regenerated outputs are overwritten; no temporary files left
@@ -224,7 +254,8 @@ def test_folds_count_as_runs_not_seeds(tmp_path):
     s1 = df[df["row"] == "S1: U-Net-S"].iloc[0]
     assert (s1["n_seeds"], s1["n_runs"]) == (1, 2)
     assert s1["ours_dice"] == pytest.approx(0.72)
-    assert 0.70 <= s1["ours_dice_ci_low"] < s1["ours_dice_ci_high"] <= 0.74
+    # no per-volume results: each fold's test set is one unit; two folds, one seed each
+    assert s1["n_patients"] == 2 and s1["ours_dice_ci_low"] < 0.70 and s1["ours_dice_ci_high"] > 0.74
     assert df[df["row"] == "S2: U-Net"]["n_runs"].iloc[0] == 0
 
 
@@ -237,3 +268,40 @@ def test_moved_results_folder_still_joins(tmp_path):
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     df = tables.table("4.2", load_runs(tmp_path / "b" / "runs"))
     assert df[df["row"] == "KD(T1,S1)"]["ours_dice"].iloc[0] == pytest.approx(0.8)
+
+
+def test_scales_stored_by_kd_config_join_the_thesis_rows(tmp_path):
+    """Runs with B and E together reach their tables: the join goes through the real
+    KDConfig (which stores scales E, B, D) and a real RunConfig, not a hand-written name."""
+    from kdlib import losses
+    from kdlib.train import RunConfig
+
+    teacher = tmp_path / "t1"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model": "T1"}))
+    for scales, table_id, label in ((("B", "E"), "4.6", "B->B+E->E"), (("B", "E", "D"), "4.3", "B->B+E->E+D->D"),
+                                    (("E", "D"), "4.6", "E->E+D->D"), (("B", "D"), "4.6", "B->B+D->D")):
+        kd = losses.kd_config_for("T1", "S1", scales=scales, pmd="off", loss="infonce")
+        cfg = RunConfig(name="kd", model="S1", role="kd", cache="c", split="s", train_subset="student_train",
+                        teacher_run=str(teacher), kd=kd.to_dict())
+        desc = experiments.describe(cfg)
+        assert desc["scales"] == "+".join(scales)
+        assert experiments.row_matches(experiments.find_row(table_id, label), desc)
+
+
+def test_row_config_accepts_a_name(tmp_path):
+    row = experiments.find_row("4.2", "S1: U-Net-S")
+    cfg = experiments.row_config(row, tmp_path / "cache", tmp_path / "split.json", "corrected", {}, name="my S1")
+    assert cfg.name == "my S1" and cfg.role == "baseline"
+
+
+def test_control_rows_train_the_kd_recipe(tmp_path):
+    from kdlib import train
+
+    if not hasattr(train, "control_config"):
+        pytest.skip("train.control_config is not there yet (training helper)")
+    row = experiments.CONTROL_ROWS[0]
+    cfg = experiments.row_config(row, tmp_path / "cache", tmp_path / "split.json", "corrected", {}, epochs=3)
+    assert cfg.role == "control" and cfg.optimizer == "rmsprop" and cfg.batch_size == 20
+    assert cfg.teacher_run is None and cfg.train_subset == "student_train" and cfg.epochs == 3
+    assert row in experiments.grid_rows(["4.2"]) and row not in experiments.grid_rows(["4.3"])

@@ -20,19 +20,25 @@ Non-square slices are stretched to S x S (as the thesis did); the manifest says 
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, KdlibError, KdlibWarning
 from ..io import atomic_dir, atomic_write_json, config_hash, read_json, sha256_file
 from ..progress import bar
-from .readers import DEFAULT_MASK_THRESHOLD, Source, Volume, open_source
+from .readers import (DEFAULT_MASK_THRESHOLD, ORIENT_OPS, SLAB, Source, Volume, open_source,
+                      orient_slices)
 
 CACHE_VERSION = 1
+MAX_SIZE = 2048  # slice size upper bound: 2048**2 bytes per slice is already 4 MiB
 DEFAULT_HU_WINDOW = (-160.0, 240.0)  # abdominal window W400 / L40
 ARRAY_FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy", "sources.npy")
 
@@ -57,28 +63,41 @@ def _resize(slice2d: np.ndarray, size: int, method: str) -> np.ndarray:
                                                                             resample))
 
 
-def convert_volume(vol: Volume, size: int, faithful: bool, hu_window) -> tuple:
-    """One Volume -> (images uint8 (S, size, size) or None, masks uint8 (S, size, size))."""
+def _slabs(volume, n: int):
+    """(start, stop, slab) over a (H, W, S) array, or the slabs a lazy NiftiVolume reads."""
+    if hasattr(volume, "slabs"):
+        yield from volume.slabs()
+        return
+    for start in range(0, n, SLAB):
+        yield start, min(start + SLAB, n), volume[:, :, start:start + SLAB]
+
+
+def convert_volume(vol: Volume, size: int, faithful: bool, hu_window,
+                   orient: str = "none") -> tuple:
+    """One Volume -> (images uint8 (S, size, size) or None, masks uint8 (S, size, size)).
+
+    Works slab by slab (SLAB slices at a time), so the full-size temporaries of the HU
+    mapping never exist for a whole volume; `orient` (ORIENT_OPS) turns every slice."""
     n = vol.n_slices
-    if vol.image is None:
-        images = None
-    else:
-        if vol.intensity == "8bit":
-            img8 = vol.image.astype(np.uint8, copy=False)
-        else:
-            img8 = hu_to_uint8(vol.image, faithful, hu_window)
+    images = None
+    if vol.image is not None:
         images = np.empty((n, size, size), dtype=np.uint8)
-        for k in range(n):
-            images[k] = _resize(img8[:, :, k], size, "bilinear")
+        for start, stop, slab in _slabs(vol.image, n):
+            if vol.intensity == "8bit":
+                img8 = slab.astype(np.uint8, copy=False)
+            else:
+                img8 = hu_to_uint8(slab, faithful, hu_window)
+            img8 = orient_slices(img8, orient)
+            for k in range(stop - start):
+                images[start + k] = _resize(img8[:, :, k], size, "bilinear")
     masks = np.empty((n, size, size), dtype=np.uint8)
-    if faithful:
-        soft = vol.soft_label if vol.soft_label is not None else vol.label * np.uint8(255)
-        for k in range(n):
-            masks[k] = _resize(soft[:, :, k], size, "bilinear")
-    else:
-        binary = vol.label * np.uint8(255)
-        for k in range(n):
-            masks[k] = _resize(binary[:, :, k], size, "nearest")
+    soft = vol.soft_label if faithful and vol.soft_label is not None else None
+    for k in range(n):
+        if soft is not None:
+            plane, method = soft[:, :, k], "bilinear"
+        else:  # binary 0/255; faithful mode resizes it bilinearly (soft edges), as the thesis
+            plane, method = vol.label[:, :, k] * np.uint8(255), "bilinear" if faithful else "nearest"
+        masks[k] = _resize(orient_slices(plane, orient), size, method)
     return images, masks
 
 
@@ -94,8 +113,9 @@ def _as_inputs(input) -> list[Path]:
 
 
 def _check_params(size, faithful, hu_window, mask_threshold):
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
-        raise ConfigError(f"size must be an integer >= 8, got {size!r}", None,
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) \
+            or not 8 <= size <= MAX_SIZE:
+        raise ConfigError(f"size must be an integer from 8 to {MAX_SIZE}, got {size!r}", None,
                           "use e.g. size=256 (the thesis's size)")
     if hu_window is not None:
         try:
@@ -117,7 +137,7 @@ def _check_params(size, faithful, hu_window, mask_threshold):
 
 
 def _params(size, faithful, label_id, labels_only, hu_window, export_png, mask_threshold,
-            any_hu, any_8bit):
+            any_hu, any_8bit, orient="none"):
     mode = "faithful" if faithful else "standard"
     p = {
         "cache_version": CACHE_VERSION,
@@ -132,6 +152,11 @@ def _params(size, faithful, label_id, labels_only, hu_window, export_png, mask_t
         "aspect": "stretched to size x size",
         "slices_kept": "all",
     }
+    # NIfTI and DICOM volumes are brought to this orientation from their headers (RAS+, how
+    # MSD stores its volumes); the text above is kept as it was so that caches made before
+    # header-based orientation (identical for such data) keep their fingerprint.
+    if orient != "none":
+        p["orient"] = f"{orient} applied to every slice after the header-based orientation"
     if not labels_only:
         if any_hu:
             p["hu_mapping"] = ("clip HU to [0, 255], truncate to uint8" if faithful else
@@ -175,16 +200,24 @@ def _summary(manifest: dict, out: Path, reused: bool) -> dict:
 def preprocess(input, out, fmt: str = "auto", size: int = 256, faithful: bool = False,
                label_id: int | None = None, labels_only: bool = False,
                hu_window: Sequence[float] | None = None, export_png: bool = False,
-               mask_threshold: int = DEFAULT_MASK_THRESHOLD) -> dict:
+               mask_threshold: int = DEFAULT_MASK_THRESHOLD, orient: str = "none") -> dict:
     """Convert one input folder (or a list of them, merged) into a slice cache at `out`.
 
     Returns `{"cases", "slices", "positive_slices", "out", "reused"}` (labels-only mode adds
     `per_case` and writes `inventory.json` instead of arrays). An up-to-date cache at `out`
-    (same parameters, same input checksums) is reused; a different one is an error.
+    (same parameters, same input checksums) is reused; a different one is an error. An
+    existing empty folder is filled (its permissions untouched), never deleted. `orient`
+    (one of ORIENT_OPS) rotates or flips every slice, for 2D sources that carry no
+    orientation of their own.
     """
     inputs = _as_inputs(input)
     hu_window = _check_params(size, faithful, hu_window, mask_threshold)
+    if orient not in ORIENT_OPS:
+        raise ConfigError(f"unknown orient {orient!r}", None, f"use one of {', '.join(ORIENT_OPS)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError("the output path is a file, not a folder", out,
+                        "give a new or empty folder as the output")
     sources = [open_source(p, fmt, label_id=label_id, labels_only=labels_only,
                            mask_threshold=mask_threshold) for p in inputs]
     seen: dict[str, Path] = {}
@@ -207,40 +240,30 @@ def preprocess(input, out, fmt: str = "auto", size: int = 256, faithful: bool = 
             "use hu_window=(0,255) (CLI: --hu-window 0 255) or faithful mode")
 
     params = _params(size, faithful, label_id, labels_only, hu_window, export_png,
-                     mask_threshold, any_hu, any_8bit)
+                     mask_threshold, any_hu, any_8bit, orient)
     records = [_input_record(s) for s in sources]
     fingerprint = config_hash({"params": params,
                                "inputs": [{k: r[k] for k in ("format", "sha256")}
                                           for r in records]}, length=16)
 
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            pass  # an empty folder is not a result: it is replaced once the cache is built
-        else:
-            manifest_path = out / "manifest.json"
-            if not manifest_path.is_file():
-                raise DataError("output folder exists and is not a kdlib cache", out,
-                                "choose another output folder (nothing is ever overwritten)")
-            manifest = read_json(manifest_path)
-            if manifest.get("fingerprint") != fingerprint:
-                raise ConfigError("a cache made with different parameters or inputs already "
-                                  "exists here", out,
-                                  "choose another output folder (caches are never "
-                                  "overwritten)")
-            needed = ["inventory.json"] if labels_only else list(ARRAY_FILES)
-            missing = [n for n in needed if not (out / n).is_file()]
-            if missing:
-                raise DataError(f"incomplete cache (missing {', '.join(missing)})", out,
-                                "delete the folder and run preprocess again")
-            return _summary(manifest, out, reused=True)
+    if out.exists() and any(not _leftover(p) for p in out.iterdir()):
+        return _existing_cache(out, fingerprint, labels_only)
 
     t0 = time.time()
     images, masks, case_ids, slice_idx, source_names, per_case = [], [], [], [], [], []
+    flattened: list[str] = []
     total = sum(len(s) for s in sources)
     progress = bar(total=total, desc="preprocess" if not labels_only else "inventory")
     try:
         for src in sources:
-            for vol in src.volumes():
+            for vol in src.volumes(lazy=True):
+                if not labels_only:  # first: a lazy image is read (and checked) here
+                    im, mk = convert_volume(vol, int(size), faithful, hu_window, orient)
+                    images.append(im)
+                    masks.append(mk)
+                    case_ids += [vol.case_id] * vol.n_slices
+                    slice_idx.append(np.asarray(vol.slice_index, dtype=np.int64))
+                    source_names += [vol.source] * vol.n_slices
                 row = {"case_id": vol.case_id, "source": vol.source, "slices": vol.n_slices,
                        "positive_slices": vol.positive_slices,
                        "shape": [int(v) for v in vol.label.shape],
@@ -248,20 +271,18 @@ def preprocess(input, out, fmt: str = "auto", size: int = 256, faithful: bool = 
                        "intensity": vol.intensity}
                 if "gif_ranges" in vol.extra:
                     row["gif_ranges"] = vol.extra["gif_ranges"]
+                flattened += vol.extra.get("colour_flattened", [])
                 per_case.append(row)
-                if not labels_only:
-                    im, mk = convert_volume(vol, int(size), faithful, hu_window)
-                    images.append(im)
-                    masks.append(mk)
-                    case_ids += [vol.case_id] * vol.n_slices
-                    slice_idx.append(np.asarray(vol.slice_index, dtype=np.int64))
-                    source_names += [vol.source] * vol.n_slices
                 progress.update(1)
     finally:
         progress.close()
 
     counts = {"cases": len(per_case), "slices": sum(r["slices"] for r in per_case),
               "positive_slices": sum(r["positive_slices"] for r in per_case)}
+    if label_id is not None and counts["slices"] and not counts["positive_slices"]:
+        raise DataError(f"no voxel with label id {label_id} in any label map (0 positive "
+                        "slices)", inputs[0] if len(inputs) == 1 else None,
+                        "pass --label-id with the spleen's id in these label maps")
     synthetic = any(r["synthetic"] for r in records)
     manifest = {
         "kind": "kdlib slice cache" if not labels_only else "kdlib label inventory",
@@ -278,27 +299,123 @@ def preprocess(input, out, fmt: str = "auto", size: int = 256, faithful: bool = 
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - t0, 2),
     }
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    with atomic_dir(out) as tmp:
+    if flattened:
+        manifest["colour_flattened"] = {"files": len(flattened), "examples": flattened[:5],
+                                        "how": "converted to grey with PIL's 'L' mode"}
+        warnings.warn(f"{len(flattened)} colour or transparent slice file(s) were flattened "
+                      f"to grey, e.g. {flattened[0]} (recorded in the cache manifest)",
+                      KdlibWarning, stacklevel=2)
+
+    def write(folder: Path) -> None:
         if labels_only:
-            atomic_write_json(tmp / "inventory.json", {"counts": counts, "per_case": per_case,
-                                                       "synthetic": synthetic})
+            atomic_write_json(folder / "inventory.json", {"counts": counts, "per_case": per_case,
+                                                          "synthetic": synthetic})
         else:
             n = counts["slices"]
             arr_images = np.concatenate(images) if images else np.zeros((0, size, size), np.uint8)
             arr_masks = np.concatenate(masks) if masks else np.zeros((0, size, size), np.uint8)
-            np.save(tmp / "images.npy", arr_images)
-            np.save(tmp / "masks.npy", arr_masks)
-            np.save(tmp / "case_ids.npy", np.asarray(case_ids, dtype=str).reshape(n))
-            np.save(tmp / "slice_index.npy",
+            np.save(folder / "images.npy", arr_images)
+            np.save(folder / "masks.npy", arr_masks)
+            np.save(folder / "case_ids.npy", np.asarray(case_ids, dtype=str).reshape(n))
+            np.save(folder / "slice_index.npy",
                     np.concatenate(slice_idx) if slice_idx else np.zeros(0, np.int64))
-            np.save(tmp / "sources.npy", np.asarray(source_names, dtype=str).reshape(n))
+            np.save(folder / "sources.npy", np.asarray(source_names, dtype=str).reshape(n))
             if export_png:
-                _export_png(tmp / "png", arr_images, arr_masks, case_ids,
+                _export_png(folder / "png", arr_images, arr_masks, case_ids,
                             np.concatenate(slice_idx) if slice_idx else [])
-        atomic_write_json(tmp / "manifest.json", manifest)
+        atomic_write_json(folder / "manifest.json", manifest)
+
+    if not _commit(out, write):
+        return _existing_cache(out, fingerprint, labels_only)  # another process finished first
     return _summary(manifest, out, reused=False)
+
+
+def _existing_cache(out: Path, fingerprint: str, labels_only: bool) -> dict:
+    """The summary of the finished cache at `out` if it was made from the same parameters
+    and inputs; otherwise an error (caches are never overwritten)."""
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError("output folder exists and is not a kdlib cache", out,
+                        "choose another output folder (nothing is ever overwritten)")
+    manifest = read_json(manifest_path)
+    if manifest.get("fingerprint") != fingerprint:
+        raise ConfigError("a cache made with different parameters or inputs already "
+                          "exists here", out,
+                          "choose another output folder (caches are never overwritten)")
+    needed = ["inventory.json"] if labels_only else list(ARRAY_FILES)
+    missing = [n for n in needed if not (out / n).is_file()]
+    if missing:
+        raise DataError(f"incomplete cache (missing {', '.join(missing)})", out,
+                        "delete the folder and run preprocess again")
+    return _summary(manifest, out, reused=True)
+
+
+def _commit(out: Path, write) -> bool:
+    """Write the cache with `write(folder)` so that `out` holds it complete or not at all.
+
+    A new `out` is built under a temporary name and renamed into place. A user's existing
+    empty folder is kept as it is (permissions included): the files are built in a hidden
+    folder inside it and moved in, `manifest.json` last (a cache without its manifest is
+    never taken as finished), each without replacing anything. Returns False when another
+    process created `out` in the meantime (the caller then checks what it holds)."""
+    try:
+        if not out.is_dir():
+            try:
+                with atomic_dir(out) as tmp:
+                    write(tmp)
+            except KdlibError:
+                if out.is_dir():
+                    return False
+                raise
+            return True
+        tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=out))
+        try:
+            write(tmp)
+            names = sorted(p.name for p in tmp.iterdir() if p.name != "manifest.json")
+            for name in [*names, "manifest.json"]:
+                move_new(tmp / name, out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and out.is_dir():
+            return False
+        if isinstance(exc, PermissionError):
+            raise DataError("cannot write here (permission denied)", exc.filename or out,
+                            "choose an output folder you can write to") from None
+        raise DataError(f"cannot write the cache ({exc.strerror or exc})",
+                        exc.filename or out, "check the disk space and the output folder") from None
+
+
+STAGING_PREFIX = ".kdlib-cache."
+
+
+def _leftover(path: Path) -> bool:
+    """A staging folder left inside a user's folder by a killed run (ignored, not a result)."""
+    return path.name.startswith(STAGING_PREFIX) and path.name.endswith(".tmp")
+
+
+def move_new(src: Path, dest: Path) -> None:
+    """Move `src` (a file or folder) to `dest`, failing with FileExistsError rather than
+    replacing anything that exists at `dest` (a hard link is the atomic no-replace move)."""
+    if src.is_dir():
+        os.mkdir(dest)  # FileExistsError if it exists
+        for child in src.iterdir():
+            move_new(child, dest / child.name)
+        src.rmdir()
+        return
+    try:
+        os.link(src, dest)  # FileExistsError if it exists
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: check, then rename
+        if dest.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+        os.replace(src, dest)
+        return
+    src.unlink()
 
 
 def _export_png(folder: Path, images, masks, case_ids, slice_idx) -> None:

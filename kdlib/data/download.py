@@ -1,21 +1,34 @@
-"""Download MSD Task09_Spleen: resumable (HTTP Range into a `.part` file), checksum-verified,
-unpacked atomically (temporary folder, then rename) with tar path-traversal protection.
+"""Download the public data sets kdlib reads: resumable (HTTP Range into a `.part` file),
+checksum-verified, unpacked atomically (temporary folder, then rename) with path-traversal
+protection, into the layout the readers expect.
+
+- ``msd``: MSD Task09_Spleen (`download_msd`) -> `<out>/Task09_Spleen/`.
+- ``ircadb``: 3D-IRCADb-01 patients (`download_ircadb`) -> `<out>/ircadb/3Dircadb1.<n>/`
+  with `PATIENT_DICOM/` and `MASKS_DICOM/spleen/`. Licence CC BY-NC-ND 4.0, printed first.
+- ``thesis-slices``: the thesis author's animated GIFs (`download_thesis_slices`) ->
+  `<out>/thesis_slices/{gif_originals,images,masks}/`, one PNG per GIF frame.
 
 Interrupting a download keeps `<name>.part`; running the same call again resumes it.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
+import re
 import tarfile
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from ..errors import DataError
+from ..io import atomic_dir, atomic_write_text
 from ..progress import bar
 
 DEFAULT_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task09_Spleen.tar"
@@ -95,12 +108,18 @@ def _fetch(url: str, part: Path, timeout: float, chunk: int) -> None:
         raise DataError(f"download interrupted: got {written} of {total} bytes", url, _RETRY)
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    name = member.name
+def _check_name(name: str, archive: Path) -> tuple[str, ...]:
+    """The path parts of an archive member; DataError for absolute or `..` paths."""
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
         raise DataError(f"unsafe path in archive: {name!r} (points outside the target folder)",
                         archive, "do not unpack this archive; check where it came from")
+    return parts
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    name = member.name
+    _check_name(name, archive)
     if member.issym() or member.islnk():
         raise DataError(f"archive contains a link ({name!r} -> {member.linkname!r}); refusing "
                         "to unpack links", archive, "check where the archive came from")
@@ -180,3 +199,276 @@ def download_msd(out: str | Path, url: str | None = None, sha256: str | None = N
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return dest
+
+
+def _fetch_verified(url: str, dest: Path, sha256: str | None, timeout: float, chunk: int) -> Path:
+    """Fetch `url` to `dest` (resuming `dest.part`), then check its sha256; a file that fails
+    the check is deleted so that the next run downloads it afresh."""
+    if not dest.exists():
+        part = dest.with_name(dest.name + ".part")
+        _fetch(url, part, timeout, chunk)
+        os.replace(part, dest)
+    try:
+        _verify(dest, sha256, None)
+    except DataError:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # stderr: stdout stays machine-readable JSON
+
+
+# ------------------------------------------------------------------ the thesis's own slices
+THESIS_REPOSITORY = "https://github.com/RisabBiswas/MTMS-Med-Seg-KD"
+THESIS_GIF_URL = "https://raw.githubusercontent.com/RisabBiswas/MTMS-Med-Seg-KD/main/assets/"
+# sha256 of the GIFs as held in the project's shared data (`thesis_slices/gif_originals/`).
+THESIS_GIF_SHA256 = {
+    "GIF_1_IM_3_01_3_26.gif": "d99a4fbcd96865b243ca9f5fcfcf9f52de4acebaf0b87a37e3ad9393b5640dfc",
+    "GIF_1_M_3_01_3_26.gif": "8bff30de192ae5d1d4be81b2974fa00045216067d0d3e08cb58c434ab95345ce",
+    "GIF_1_IM_6_60_6_82.gif": "a9812b28d7337168d238dda4c95a96fc3aa62352b39881a7648e6a9e693e7aa9",
+    "GIF_1_M_6_60_6_82.gif": "5628484455b7e9576def62b6d696f717449fd4637419d8fe05a6ab3108752686",
+    "GIF_1_IM_8_01_8_24.gif": "3a4d19f69f7087f75bbaf02b157700d3bf41a0075eb62bbef888011f7405c293",
+    "GIF_1_M_8_01_8_24.gif": "b29649d520c784afc81060dc70ee0e19156cd24beca6a247f83bbc2108e29574",
+    "GIF_1_IM_22_40_22_70.gif": "41d2cb5029ccc79311cadace843dcc659eb97e6de112be2ee9d8ac0582b4e315",
+    "GIF_1_M_22_40_22_70.gif": "5de3ab171f2c6046c567bd1e1ad7940b744da5ad66fe699f26fcea80693ad4f0",
+}
+THESIS_SLICES_NOTICE = (
+    "thesis-slices: 8 animated GIFs (1.3 MB) from the thesis author's public repository "
+    f"{THESIS_REPOSITORY} (assets/), made from MSD Task09_Spleen (licence CC BY-SA 4.0).")
+_GIF_NAME = re.compile(r"^GIF_1_(?P<kind>IM|M)_(?P<range>\d+_\d+_\d+_\d+)\.gif$")
+
+
+def _has_slices(folder: Path) -> bool:
+    return (folder / "images").is_dir() and (folder / "masks").is_dir()
+
+
+def unpack_thesis_gif(gif: Path, out: Path) -> int:
+    """Write each frame of a thesis GIF as a PNG: image frames as 8-bit grey
+    (`images/spleen_<range>_fNN.png`), mask frames thresholded at 127 to 0/255 (`masks/...`),
+    the layout `readers.SlicesSource` pairs by name. Returns the number of frames."""
+    from PIL import Image, ImageSequence
+
+    match = _GIF_NAME.match(gif.name)
+    if not match:
+        raise DataError("not a thesis GIF name (expected GIF_1_IM_<range>.gif or "
+                        "GIF_1_M_<range>.gif)", gif, "check --url")
+    is_mask = match["kind"] == "M"
+    folder = out / ("masks" if is_mask else "images")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with Image.open(gif) as img:
+            count = 0
+            for count, frame in enumerate(ImageSequence.Iterator(img), start=1):
+                grey = frame.convert("L")
+                if is_mask:  # the GIF's palette blurs mask edges into grey levels
+                    grey = grey.point(lambda v: 255 if v > 127 else 0)
+                grey.save(folder / f"spleen_{match['range']}_f{count - 1:02d}.png")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read the GIF ({exc})", gif,
+                        "delete it and run the command again") from None
+    return count
+
+
+def download_thesis_slices(out: str | Path, url: str | None = None,
+                           checksums: dict[str, str] | None = None, timeout: float = 60.0,
+                           chunk: int = 1 << 20, notify=_notice) -> Path:
+    """Download the thesis's GIFs into `<out>/thesis_slices/` and unpack every frame.
+
+    `url`: folder URL holding the GIFs (default: the author's repository). `checksums`:
+    GIF name -> sha256 (default: the eight known GIFs). GIFs are fetched one by one into
+    `<out>/thesis_slices.download/` (kept across interruptions) and the finished folder
+    appears only when every GIF is verified and unpacked.
+    """
+    out = Path(out)
+    dest = out / "thesis_slices"
+    if _has_slices(dest):
+        return dest
+    if dest.exists():
+        raise DataError("folder exists but has no images/ and masks/", dest,
+                        "delete it or choose another --out")
+    checksums = dict(THESIS_GIF_SHA256 if checksums is None else checksums)
+    base = (url or THESIS_GIF_URL).rstrip("/") + "/"
+    notify(THESIS_SLICES_NOTICE)
+    staging = out / "thesis_slices.download"
+    staging.mkdir(parents=True, exist_ok=True)
+    for name, sha256 in checksums.items():
+        _fetch_verified(base + name, staging / name, sha256, timeout, chunk)
+    with atomic_dir(dest) as tmp:
+        frames = {}
+        for name in checksums:
+            frames[name] = unpack_thesis_gif(staging / name, tmp)
+        for name, count in frames.items():
+            partner = name.replace("GIF_1_IM_", "GIF_1_M_") if "_IM_" in name else \
+                name.replace("GIF_1_M_", "GIF_1_IM_")
+            if frames.get(partner, count) != count:
+                raise DataError(f"{name} has {count} frames but {partner} has "
+                                f"{frames[partner]}", staging / name,
+                                "images and masks must have one frame each; check --url")
+        os.replace(staging, tmp / "gif_originals")
+    return dest
+
+
+# ------------------------------------------------------------------ 3D-IRCADb-01
+IRCADB_PAGE = "https://www.ircad.fr/research/data-sets/liver-segmentation-3d-ircadb-01/"
+IRCADB_URL = "https://cloud.ircad.fr/index.php/s/JN3z7EynBiwYyjy/download"
+IRCADB_ARCHIVE = "3Dircadb1.zip"
+IRCADB_LICENCE = "CC BY-NC-ND 4.0 (https://creativecommons.org/licenses/by-nc-nd/4.0/)"
+IRCADB_PATIENTS = (1, 7)  # the two patients of the real-mini profile
+IRCADB_PARTS = ("PATIENT_DICOM", "MASKS_DICOM/spleen")
+# sha256 over the sorted lines "<relative path>\t<file sha256>" of IRCADB_PARTS (`tree_sha256`),
+# computed on the project's shared copies of these patients.
+IRCADB_TREE_SHA256 = {
+    1: "2388697092c3b7c72bab22044419415f89f6cd568f0c936ca8e73789d2334619",
+    7: "a1644d3a54b4cfbb2a89479a8e1588b699efad640b22c06546854a02e5e94a7b",
+}
+IRCADB_NOTICE = (
+    "3D-IRCADb-01 (IRCAD, Strasbourg; " + IRCADB_PAGE + ") is licensed " + IRCADB_LICENCE +
+    ": non-commercial use only, no redistribution of modified data, credit IRCAD. "
+    "By downloading you accept these terms. The archive holds all 20 patients; kdlib keeps "
+    "the CT series and spleen masks of the patients asked for.")
+
+
+def tree_sha256(folder: str | Path, parts: tuple[str, ...] = IRCADB_PARTS) -> str:
+    """One sha256 for the files below `folder/<part>` (names and contents, sorted by path)."""
+    folder = Path(folder)
+    lines = []
+    for part in parts:
+        base = folder / part
+        files = [p for p in base.rglob("*") if p.is_file()] if base.is_dir() else []
+        lines += [f"{p.relative_to(folder).as_posix()}\t{file_digest(p, 'sha256')}\n"
+                  for p in files]
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def _patient_complete(folder: Path) -> bool:
+    return all((folder / part).is_dir() and any((folder / part).iterdir())
+               for part in IRCADB_PARTS)
+
+
+def _kept_path(parts: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The path inside a patient folder to keep, or None (other organs, meshes, etc.)."""
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    if len(parts) == 2 and parts[0] == "PATIENT_DICOM":
+        return parts
+    if len(parts) == 3 and parts[:2] == ("MASKS_DICOM", "spleen"):
+        return parts
+    return None
+
+
+def _unpack_patient(archive_zip: zipfile.ZipFile, patient: int, out: Path, archive: Path) -> int:
+    """Copy one patient's CT series and spleen mask out of the 3D-IRCADb archive.
+
+    The archive nests a zip per part (`3Dircadb1.<n>/PATIENT_DICOM.zip`, `MASKS_DICOM.zip`);
+    already unpacked folders are accepted as well. Returns the number of files written."""
+    folder_name = f"3Dircadb1.{patient}"
+    written = 0
+
+    def keep(parts: tuple[str, ...], read) -> None:
+        nonlocal written
+        kept = _kept_path(parts)
+        if kept:
+            target = out.joinpath(*kept)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(read())
+            written += 1
+
+    for info in archive_zip.infolist():
+        parts = _check_name(info.filename, archive)
+        if info.is_dir() or folder_name not in parts:
+            continue
+        inner = parts[parts.index(folder_name) + 1:]
+        if len(inner) == 1 and inner[0] in ("PATIENT_DICOM.zip", "MASKS_DICOM.zip"):
+            with zipfile.ZipFile(io.BytesIO(archive_zip.read(info))) as nested:
+                for item in nested.infolist():
+                    item_parts = _check_name(item.filename, archive)
+                    if not item.is_dir():
+                        keep(item_parts, lambda item=item: nested.read(item))
+        else:
+            keep(inner, lambda info=info: archive_zip.read(info))
+    if not _patient_complete(out):
+        raise DataError(f"the archive has no CT series and spleen mask for {folder_name}",
+                        archive, "choose patients that have a spleen mask, or check --url")
+    return written
+
+
+def download_ircadb(out: str | Path, url: str | None = None,
+                    patients=IRCADB_PATIENTS, digests: dict[int, str] | None = None,
+                    timeout: float = 60.0, chunk: int = 1 << 20, keep_archive: bool = False,
+                    notify=_notice) -> Path:
+    """Download 3D-IRCADb-01 and unpack `patients` into `<out>/ircadb/3Dircadb1.<n>/`.
+
+    Prints the licence first. Patients already present are not downloaded again. Each
+    patient is verified against `digests` (default: known tree digests of patients 1 and 7;
+    other patients are unverified: IRCAD publishes no checksums).
+    """
+    out = Path(out)
+    root = out / "ircadb"
+    wanted = sorted({int(p) for p in patients})
+    if not wanted or any(p < 1 or p > 20 for p in wanted):
+        raise DataError(f"3D-IRCADb-01 has patients 1..20, not {wanted}", None,
+                        "choose patient numbers from 1 to 20")
+    missing = [p for p in wanted if not _patient_complete(root / f"3Dircadb1.{p}")]
+    if not missing:
+        return root
+    for p in missing:
+        if (root / f"3Dircadb1.{p}").exists():
+            raise DataError("incomplete patient folder (no PATIENT_DICOM/ or "
+                            "MASKS_DICOM/spleen/)", root / f"3Dircadb1.{p}",
+                            "delete it and run the command again")
+    digests = IRCADB_TREE_SHA256 if digests is None else digests
+    notify(IRCADB_NOTICE)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = out / IRCADB_ARCHIVE
+    if not archive.exists():
+        part = out / (IRCADB_ARCHIVE + ".part")
+        _fetch(url or IRCADB_URL, part, timeout, chunk)
+        os.replace(part, archive)
+    try:
+        archive_zip = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        archive.unlink(missing_ok=True)
+        raise DataError(f"not a zip archive ({exc}); the download is corrupt or the URL "
+                        "serves another file", archive,
+                        "the bad file was deleted; run the command again, or check --url") from None
+    with archive_zip:
+        for p in missing:
+            with atomic_dir(root / f"3Dircadb1.{p}") as tmp:
+                try:
+                    _unpack_patient(archive_zip, p, tmp, archive)
+                except (zipfile.BadZipFile, zlib.error, OSError) as exc:
+                    raise DataError(f"cannot unpack 3Dircadb1.{p} ({exc})", archive,
+                                    "delete the archive and run the command again") from None
+                expected = digests.get(p)
+                if expected and tree_sha256(tmp) != expected:
+                    raise DataError(f"3Dircadb1.{p} does not match its known checksum; the "
+                                    "archive is corrupt or has changed", archive,
+                                    "delete the archive and run the command again")
+    licence = root / "LICENSE.txt"
+    if not licence.exists():
+        atomic_write_text(licence, f"3D-IRCADb-01, IRCAD ({IRCADB_PAGE})\n"
+                                   f"Licence: {IRCADB_LICENCE}\n")
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+    return root
+
+
+# ------------------------------------------------------------------ one entry point
+DATASETS = ("msd", "ircadb", "thesis-slices")
+
+
+def download_dataset(name: str, out: str | Path, url: str | None = None,
+                     sha256: str | None = None, **kwargs) -> Path:
+    """`python -m kdlib download --dataset NAME`: one of DATASETS into `out`."""
+    if name == "msd":
+        return download_msd(out, url=url, sha256=sha256, **kwargs)
+    if sha256:
+        raise DataError(f"--sha256 applies to --dataset msd only, not {name!r}", None,
+                        f"{name} is verified against its built-in checksums")
+    if name == "ircadb":
+        return download_ircadb(out, url=url, **kwargs)
+    if name == "thesis-slices":
+        return download_thesis_slices(out, url=url, **kwargs)
+    raise DataError(f"unknown dataset {name!r}", None, f"use one of {', '.join(DATASETS)}")

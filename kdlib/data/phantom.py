@@ -103,6 +103,8 @@ def write_phantom_msd(out: str | Path, cases: int = 6, seed: int = 0, size: int 
     for name, value, low in (("cases", cases, 1), ("size", size, 16), ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if size > 2048:  # a volume is size**2 * slices * 4 bytes while it is drawn
+        raise ConfigError(f"size must be at most 2048, got {size!r}", None, "use e.g. size=128")
     if slices is not None and (not isinstance(slices, (int, np.integer)) or slices < 4):
         raise ConfigError(f"slices must be an integer >= 4 or None, got {slices!r}")
     params = {"cases": int(cases), "seed": int(seed), "size": int(size),

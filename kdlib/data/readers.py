@@ -1,8 +1,11 @@
 """Readers for every supported data source, each yielding `Volume` records.
 
 All readers return slices in the *thesis orientation*: the orientation of an MSD NIfTI
-array sliced as `data[:, :, k]` (no rotation). Sources stored differently (3D-IRCADb DICOM)
-are turned into that orientation here, so everything downstream sees one orientation.
+array sliced as `data[:, :, k]` (no rotation), which is RAS+ (`CANONICAL_AXES`). Every NIfTI
+volume is brought there from its affine (nibabel's orientation tools) and every DICOM series
+from its ImageOrientationPatient, so a flipped or permuted volume reads like the others and
+everything downstream sees one orientation. 2D slices carry no orientation: callers turn them
+with `orient_slices` (CLI `--orient`).
 
 Supported sources
 - ``msd``: an MSD task folder (`dataset.json`, `imagesTr/`, `labelsTr/`, NIfTI). With
@@ -112,75 +115,233 @@ def check_finite(array: np.ndarray, path, what: str = "image") -> None:
                         "fix or remove the file (kdlib does not guess values for missing voxels)")
 
 
-def binary_label(array: np.ndarray, path, label_id: int | None = None) -> np.ndarray:
-    """Turn a label array into uint8 0/1.
+def _label_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a label array (a histogram for uint8, which is fast)."""
+    if array.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(array.ravel(), minlength=256))
+    return np.unique(array)
 
-    Accepted without ``label_id``: values in {0, 1} or in {0, 255} (8-bit masks). Any other
-    set of values is a multi-label map (or a broken mask), which needs ``label_id``.
-    """
-    check_finite(array, path, "label map")
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise DataError("label map has non-integer values", path,
-                        "labels must be integer ids (0 = background); re-export the label map")
+
+def _check_label_values(values, path, label_id: int | None) -> None:
+    """The rules of `binary_label`, on the set of values a label map holds."""
+    values = sorted(values)
+    shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if len(values) > 8 else "")
     if label_id is not None:
-        return (array == label_id).astype(np.uint8)
-    if array.size == 0:
-        return array.astype(np.uint8)
-    lo, hi = array.min(), array.max()
-    if lo >= 0 and hi <= 1:
-        return array.astype(np.uint8, copy=False)
-    if lo >= 0 and hi == 255 and bool(((array == 0) | (array == 255)).all()):
-        return (array == 255).astype(np.uint8)
-    values = np.unique(array)
-    shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if values.size > 8 else "")
+        others = [v for v in values if v not in (0, label_id)]
+        if label_id not in values and others:
+            raise DataError(f"label id {label_id} is not in this label map (its values: {shown})",
+                            path, "pass --label-id with one of the label map's own values "
+                            "(the spleen's id: 1 for MSD and TotalSegmentator)")
+        return
+    if set(values) <= {0, 1} or set(values) <= {0, 255}:
+        return
     raise DataError(
-        f"label values are not binary ({values.size} values: {shown}); "
+        f"label values are not binary ({len(values)} values: {shown}); "
         "a multi-label map needs label_id", path,
         "pass label_id (CLI: --label-id N) with the spleen's label id, e.g. 1 for MSD and "
         "TotalSegmentator")
 
 
-def _load_nifti(path: Path, kind: str):
-    """Open a NIfTI file and return (array, spacing); DataError for unreadable files."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        if kind == "image":
-            data = img.get_fdata(dtype=np.float32, caching="unchanged")
-        else:
-            data = np.asarray(img.dataobj)
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    except FileNotFoundError:
-        raise DataError("file not found", path, "check the path") from None
-    except Exception as exc:  # noqa: BLE001 - gzip/zlib/nibabel raise many types
-        raise DataError(f"cannot read NIfTI {kind} ({type(exc).__name__}: {exc}); the file is "
-                        "corrupt or truncated", path,
-                        "re-download or re-export the file") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[:, :, None]
-    if data.ndim != 3:
-        raise DataError(f"expected a 3D {kind} volume, got shape {data.shape}", path,
-                        "give one 3D volume per file")
-    return data, spacing
+def _check_integer(array: np.ndarray, path) -> None:
+    check_finite(array, path, "label map")
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise DataError("label map has non-integer values", path,
+                        "labels must be integer ids (0 = background); re-export the label map")
 
 
-def _nifti_volume(case_id, image_path, label_path, label_id, labels_only, source) -> Volume:
-    label_raw, spacing = _load_nifti(label_path, "label map")
+def binary_label(array: np.ndarray, path, label_id: int | None = None) -> np.ndarray:
+    """Turn a label array into uint8 0/1.
+
+    Accepted without ``label_id``: values in {0, 1} or in {0, 255} (8-bit masks). Any other
+    set of values is a multi-label map (or a broken mask), which needs ``label_id``. A
+    ``label_id`` that the map does not hold while it holds other labels is an error (a wrong
+    id would silently give empty masks).
+    """
+    _check_integer(array, path)
+    if array.size == 0:
+        return array.astype(np.uint8)
+    _check_label_values(_label_values(array).tolist(), path, label_id)
+    if label_id is not None:
+        return (array == label_id).astype(np.uint8)
+    return (array != 0).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------ orientation
+CANONICAL_AXES = ("R", "A", "S")  # nibabel axis codes of the thesis orientation
+
+
+def canonical_transform(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform (3, 2) taking an array with this affine to the thesis
+    orientation: RAS+ (axis 0 towards the patient's right, 1 anterior, 2 superior), which is
+    how MSD Task09 volumes are stored, so they are left exactly as they are."""
+    from nibabel import orientations
+
+    return orientations.ornt_transform(orientations.io_orientation(affine),
+                                       orientations.axcodes2ornt(CANONICAL_AXES))
+
+
+def _reorder(values, ornt) -> tuple:
+    """Per-axis values (e.g. voxel sizes) of the source axes, in the transformed axis order."""
+    out = [0.0] * len(values)
+    for source, (target, _) in enumerate(ornt):
+        out[int(target)] = float(values[source])
+    return tuple(out)
+
+
+def apply_orientation(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """`array` (first axes as in `ornt`) reoriented; a view (flips and transposes only)."""
+    from nibabel import orientations
+
+    return orientations.apply_orientation(array, ornt)
+
+
+def undo_orientation(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Inverse of `apply_orientation(., ornt)`: back to the source's own axes."""
+    inverse = np.empty_like(np.asarray(ornt, dtype=float))
+    for source, (target, flip) in enumerate(ornt):
+        inverse[int(target)] = (source, flip)
+    return apply_orientation(array, inverse)
+
+
+ORIENT_OPS = ("none", "rot90", "rot180", "rot270", "flipud", "fliplr")
+_ORIENT_INVERSE = {"rot90": "rot270", "rot270": "rot90"}
+
+
+def orient_slices(array: np.ndarray, op: str, inverse: bool = False) -> np.ndarray:
+    """Rotate (counter-clockwise, as numpy.rot90) or flip the slices of (H, W, ...) `array`
+    (axes 0 and 1); `inverse=True` undoes `op`. For 2D sources, which carry no orientation."""
+    if op not in ORIENT_OPS:
+        raise DataError(f"unknown orientation {op!r}", None, f"use one of {', '.join(ORIENT_OPS)}")
+    if inverse:
+        op = _ORIENT_INVERSE.get(op, op)
+    if op.startswith("rot"):
+        return np.rot90(array, int(op[3:]) // 90, axes=(0, 1))
+    if op == "flipud":
+        return array[::-1]
+    if op == "fliplr":
+        return array[:, ::-1]
+    return array
+
+
+# ----------------------------------------------------------------------------- NIfTI
+SLAB = 32  # slices read at a time: memory stays flat whatever the number of slices
+
+
+class NiftiVolume:
+    """One NIfTI file in the thesis orientation, read in slabs of slices.
+
+    Opening reads the header only. `slabs()` yields `(start, stop, array (H, W, stop-start))`
+    in canonical slice numbers; when the file's slice axis is the canonical one (every MSD,
+    3D-IRCADb and TotalSegmentator file) slabs come straight from the file in file order (a
+    gzip stream is read once, front to back), otherwise the volume is read whole first.
+    Images are float32; label maps keep their stored dtype. A file that cannot be decoded
+    raises DataError when its bytes are read.
+    """
+
+    def __init__(self, path: str | Path, kind: str = "image"):
+        import nibabel as nib
+
+        self.path, self.kind = Path(path), kind
+        try:
+            self._img = nib.load(str(path), keep_file_open=True)
+            shape = tuple(int(v) for v in self._img.shape)
+        except FileNotFoundError:
+            raise DataError("file not found", path, "check the path") from None
+        except Exception as exc:  # noqa: BLE001 - gzip/zlib/nibabel raise many types
+            raise self._unreadable(exc) from None
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) == 2:
+            shape = (*shape, 1)
+        if len(shape) != 3:
+            raise DataError(f"expected a 3D {kind} volume, got shape {shape}", path,
+                            "give one 3D volume per file")
+        self.file_shape = shape
+        self.affine, self.header = self._img.affine, self._img.header
+        self.ornt = canonical_transform(self.affine)
+        self.axcodes = "".join(nib.aff2axcodes(self.affine))
+        self.shape = tuple(int(v) for v in _reorder(shape, self.ornt))
+        zooms = tuple(float(z) for z in self._img.header.get_zooms()[:3])
+        self.spacing = _reorder(zooms + (1.0,) * (3 - len(zooms)), self.ornt)
+        self.dtype = np.dtype(np.float32) if kind == "image" else self._img.get_data_dtype()
+
+    def _unreadable(self, exc) -> DataError:
+        return DataError(f"cannot read NIfTI {self.kind} ({type(exc).__name__}: {exc}); the file "
+                         "is corrupt or truncated", self.path, "re-download or re-export the file")
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """File slices [start, stop) along the file's axis 2, in the file's own axes."""
+        ndim = len(self._img.shape)
+        slicer = {2: (slice(None), slice(None)), 3: (slice(None), slice(None), slice(start, stop)),
+                  4: (slice(None), slice(None), slice(start, stop), 0)}[ndim]
+        try:
+            raw = np.asarray(self._img.dataobj[slicer])
+        except Exception as exc:  # noqa: BLE001
+            raise self._unreadable(exc) from None
+        if raw.ndim == 2:
+            raw = raw[:, :, None]
+        raw = raw.astype(np.float32, copy=False) if self.kind == "image" else raw
+        if self.kind == "image":
+            check_finite(raw, self.path, "image")
+        return raw
+
+    def slabs(self, size: int = SLAB) -> Iterator[tuple[int, int, np.ndarray]]:
+        depth = self.file_shape[2]
+        target, flip = int(self.ornt[2][0]), self.ornt[2][1] < 0
+        if target != 2:  # slices are not along the file's axis 2: read the whole volume
+            whole = self.read()
+            for start in range(0, self.shape[2], size):
+                yield start, min(start + size, self.shape[2]), whole[:, :, start:start + size]
+            return
+        in_plane = np.array(self.ornt, copy=True)
+        in_plane[2] = (2, 1)  # slice order handled here, by slab position
+        for start in range(0, depth, size):
+            stop = min(start + size, depth)
+            slab = apply_orientation(self._read(start, stop), in_plane)
+            if flip:
+                yield depth - stop, depth - start, slab[:, :, ::-1]
+            else:
+                yield start, stop, slab
+
+    def read(self) -> np.ndarray:
+        """The whole volume, canonical orientation (image float32; label stored dtype)."""
+        return apply_orientation(self._read(0, self.file_shape[2]), self.ornt)
+
+    def to_file_axes(self, array: np.ndarray) -> np.ndarray:
+        """A canonical (H, W, S) array back in this file's own axes (for writing masks)."""
+        return undo_orientation(array, self.ornt)
+
+
+def read_nifti_label(nv: NiftiVolume, label_id: int | None = None) -> np.ndarray:
+    """A label map -> uint8 0/1 (canonical orientation), built slab by slab (rules of
+    `binary_label`)."""
+    out = np.empty(nv.shape, np.uint8)
+    values: set = set()
+    for start, stop, slab in nv.slabs():
+        _check_integer(slab, nv.path)
+        values.update(_label_values(slab).tolist())
+        out[:, :, start:stop] = (slab == label_id) if label_id is not None else (slab != 0)
+    _check_label_values(values, nv.path, label_id)
+    return out
+
+
+def _nifti_volume(case_id, image_path, label_path, label_id, labels_only, source,
+                  lazy=False) -> Volume:
+    label_file = NiftiVolume(label_path, "label map")
     image = None
+    spacing = label_file.spacing
     if not labels_only:
-        image, spacing = _load_nifti(image_path, "image")
-        if image.shape != label_raw.shape:
-            raise DataError(f"image has shape {image.shape} but its label map "
-                            f"{Path(label_path).name} has shape {label_raw.shape}", image_path,
+        image_file = NiftiVolume(image_path, "image")
+        if image_file.shape != label_file.shape:
+            raise DataError(f"image has shape {image_file.shape} but its label map "
+                            f"{Path(label_path).name} has shape {label_file.shape}", image_path,
                             "image and label must come from the same scan (same voxel grid)")
-        check_finite(image, image_path, "image")
-    label = binary_label(label_raw, label_path, label_id)
+        image, spacing = (image_file if lazy else image_file.read()), image_file.spacing
+    label = read_nifti_label(label_file, label_id)
     return Volume(case_id=case_id, image=image, label=label, source=source, spacing=spacing,
                   slice_index=np.arange(label.shape[2]), intensity="hu",
-                  path=str(image_path if not labels_only else label_path))
+                  path=str(image_path if not labels_only else label_path),
+                  extra={"orientation": label_file.axcodes})
 
 
 # --------------------------------------------------------------------------- sources
@@ -198,10 +359,13 @@ class Source:
     def files(self) -> list[Path]:
         raise NotImplementedError
 
-    def volumes(self) -> Iterator[Volume]:
-        """One Volume per case, read lazily in case order."""
+    def volumes(self, lazy: bool = False) -> Iterator[Volume]:
+        """One Volume per case, read one at a time in case order. With `lazy=True` a NIfTI
+        image is a `NiftiVolume` (read slab by slab by its consumer) instead of an array."""
         for case in self.cases:
-            yield self._read_case(case)
+            yield self._read_case(case, lazy) if self.lazy_images else self._read_case(case)
+
+    lazy_images = False  # sources whose `_read_case` takes `lazy`
 
     def _read_case(self, case: str) -> Volume:
         raise NotImplementedError
@@ -289,9 +453,11 @@ class MSDSource(Source):
             out.append(lbl)
         return out
 
-    def _read_case(self, case: str) -> Volume:
+    lazy_images = True
+
+    def _read_case(self, case: str, lazy: bool = False) -> Volume:
         img, lbl = self.pairs[case]
-        return _nifti_volume(case, img, lbl, self.label_id, self.labels_only, self.fmt)
+        return _nifti_volume(case, img, lbl, self.label_id, self.labels_only, self.fmt, lazy)
 
 
 def _label_like(path: Path) -> bool:
@@ -364,9 +530,11 @@ class NiftiSource(Source):
             out += [lbl] if self.labels_only else [img, lbl]
         return out
 
-    def _read_case(self, case: str) -> Volume:
+    lazy_images = True
+
+    def _read_case(self, case: str, lazy: bool = False) -> Volume:
         img, lbl = self.pairs[case]
-        return _nifti_volume(case, img, lbl, self.label_id, self.labels_only, self.fmt)
+        return _nifti_volume(case, img, lbl, self.label_id, self.labels_only, self.fmt, lazy)
 
 
 # ------------------------------------------------------------------------ 2D slices
@@ -401,19 +569,34 @@ def parse_slice_name(stem: str) -> dict:
     return {"case": stem, "range": None, "frame": None, "slice": None}
 
 
-def _read_2d(path: Path, kind: str) -> list[np.ndarray]:
-    """All frames of an 8-bit image file as uint8 (H, W) arrays."""
+def _is_colour(frame) -> bool:
+    """True when flattening `frame` to grey loses something: channels that differ, or an
+    alpha channel that is not fully opaque (a grey palette or grey RGB loses nothing)."""
+    if frame.mode in ("L", "1"):
+        return False
+    rgba = np.asarray(frame.convert("RGBA"))
+    return bool((rgba[..., 0] != rgba[..., 1]).any() or (rgba[..., 1] != rgba[..., 2]).any()
+                or (rgba[..., 3] != 255).any())
+
+
+def _read_2d(path: Path, kind: str, flattened: list | None = None) -> list[np.ndarray]:
+    """All frames of an 8-bit image file as uint8 (H, W) arrays. Colour or transparent
+    frames are flattened to grey (PIL's "L" conversion); such files are appended to
+    `flattened` so that the caller can say so."""
     from PIL import Image, ImageSequence
 
     try:
         with Image.open(path) as im:
-            frames = []
+            frames, colour = [], False
             for frame in ImageSequence.Iterator(im):
                 if frame.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                     raise DataError(f"{kind} is a 16-bit or float image (mode {frame.mode}); "
                                     "only 8-bit slices are supported", path,
                                     "export 8-bit slices, or convert the CT volume instead")
+                colour = colour or _is_colour(frame)
                 frames.append(np.asarray(frame.convert("L"), dtype=np.uint8).copy())
+            if colour and flattened is not None:
+                flattened.append(str(path))
     except DataError:
         raise
     except FileNotFoundError:
@@ -508,12 +691,12 @@ class SlicesSource(Source):
             return (rng, pos, natural_key(item[1].name))
 
         items = sorted(items, key=key)
-        images, masks, index, ranges = [], [], [], []
+        images, masks, index, ranges, flattened = [], [], [], [], []
         shape = None
         offset, range_max, cur_range = 0, -1, None
         for info, img_path, msk_path in items:
-            m_frames = _read_2d(msk_path, "mask")
-            i_frames = None if self.labels_only else _read_2d(img_path, "image")
+            m_frames = _read_2d(msk_path, "mask", flattened)
+            i_frames = None if self.labels_only else _read_2d(img_path, "image", flattened)
             if i_frames is not None and len(i_frames) != len(m_frames):
                 raise DataError(f"image has {len(i_frames)} frame(s) but its mask "
                                 f"{msk_path.name} has {len(m_frames)}", img_path,
@@ -557,6 +740,8 @@ class SlicesSource(Source):
         label = (soft > self.mask_threshold).astype(np.uint8)
         image = np.stack(images, axis=2) if images else None
         extra = {"layout": self.layout, "mask_threshold": self.mask_threshold}
+        if flattened:
+            extra["colour_flattened"] = flattened
         if ranges:
             extra["gif_ranges"] = ranges
         return Volume(case_id=case, image=image, label=label, source="slices",
@@ -566,38 +751,64 @@ class SlicesSource(Source):
 
 
 # ---------------------------------------------------------------------------- DICOM
-def _dicom_orient(pixels: np.ndarray) -> np.ndarray:
-    """Raw DICOM pixel array (rows, cols) -> thesis orientation: reverse both axes, transpose."""
-    return pixels[::-1, ::-1].T
+def dicom_transform(ds) -> np.ndarray:
+    """Orientation transform of a DICOM series stacked as (rows, columns, slices sorted along
+    the slice normal) to the thesis orientation (RAS+), from ImageOrientationPatient (the
+    standard axial [1,0,0, 0,1,0], also assumed when it is absent: both in-plane axes reversed,
+    then transposed)."""
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    iop = [float(v) for v in iop] if iop is not None and len(iop) == 6 else [1, 0, 0, 0, 1, 0]
+    along_row, along_column = np.asarray(iop[:3]), np.asarray(iop[3:])
+    # array axis 0 (row index) moves along the column cosine, axis 1 along the row cosine
+    axes_lps = np.column_stack([along_column, along_row, np.cross(along_row, along_column)])
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ axes_lps  # DICOM LPS -> RAS
+    return canonical_transform(affine)
 
 
-def _stack_oriented(items, dtype) -> np.ndarray:
-    """Sorted series -> (H, W, S) array in the thesis orientation (a view of an (S, H, W)
-    buffer, so each slice [:, :, k] is contiguous)."""
+def _stack_oriented(items, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted series -> ((H, W, S) array in the thesis orientation, the transform used)."""
     rows, cols = items[0][1].shape
-    out = np.empty((len(items), cols, rows), dtype=dtype)
+    stack = np.empty((len(items), rows, cols), dtype=dtype)  # each slice contiguous
     for k, item in enumerate(items):
-        out[k] = _dicom_orient(item[1])
-    return out.transpose(1, 2, 0)
+        stack[k] = item[1]
+    ornt = dicom_transform(items[0][3])
+    return apply_orientation(stack.transpose(1, 2, 0), ornt), ornt
 
 
-def load_dicom_series(folder: str | Path, kind: str = "image"):
-    """One DICOM series folder -> (array (H, W, S) in the thesis orientation, sorted by
-    position; float32 HU for kind="image", stored values for kind="mask"), spacing (x, y, z),
-    z positions)."""
-    items = _read_dicom_series(Path(folder), kind)
-    shape = items[0][1].shape
-    for item in items:
-        if item[1].shape != shape:
-            raise DataError(f"slice has size {item[1].shape} but the series has {shape}",
-                            item[2], "all slices of a series must have one size")
-    array = _stack_oriented(items, np.float32 if kind == "image" else items[0][1].dtype)
+def _oriented_spacing_and_positions(items, ornt):
+    """Spacing (canonical axes) and slice positions (in canonical slice order, or None when
+    the series' slices are not the canonical slices)."""
     ds = items[0][3]
     ps = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
     z = [item[0] for item in items]
     dz = float(np.median(np.diff(z))) if len(z) > 1 else \
         float(getattr(ds, "SliceThickness", 1.0) or 1.0)
-    return array, (ps[1], ps[0], dz), z
+    spacing = _reorder((ps[0], ps[1], dz), ornt)  # PixelSpacing = (between rows, columns)
+    if int(ornt[2][0]) != 2:
+        return spacing, None
+    return spacing, (z[::-1] if ornt[2][1] < 0 else z)
+
+
+def _check_sizes(items) -> None:
+    shape = items[0][1].shape
+    for item in items:
+        if item[1].shape != shape:
+            raise DataError(f"slice has size {item[1].shape} but the series has {shape}",
+                            item[2], "all slices of a series must have one size")
+
+
+def load_dicom_series(folder: str | Path, kind: str = "image"):
+    """One DICOM series folder -> (array (H, W, S) in the thesis orientation, sorted by
+    position; float32 HU for kind="image", stored values for kind="mask"), spacing (x, y, z),
+    slice positions in the array's slice order)."""
+    items = _read_dicom_series(Path(folder), kind)
+    _check_sizes(items)
+    array, ornt = _stack_oriented(items, np.float32 if kind == "image" else items[0][1].dtype)
+    if kind == "image":
+        check_finite(array, folder, "image")
+    spacing, z = _oriented_spacing_and_positions(items, ornt)
+    return array, spacing, z
 
 
 def _read_dicom_series(folder: Path, kind: str, with_pixels: bool = True):
@@ -712,24 +923,18 @@ class DicomSource(Source):
                 if pos not in ipos:
                     raise DataError(f"mask without its image (no image slice at position "
                                     f"{pos:.3f})", item[2], "remove the extra mask slice")
-        shape = masks[0][1].shape
-        for item in masks + (images or []):
-            if item[1].shape != shape:
-                raise DataError(f"slice has size {item[1].shape} but the series has "
-                                f"{shape}", item[2], "image and mask slices must have one size")
-        label = binary_label(_stack_oriented(masks, masks[0][1].dtype), mask_dir)
+        _check_sizes(masks + (images or []))
+        stacked, ornt = _stack_oriented(masks, masks[0][1].dtype)
+        label = binary_label(stacked, mask_dir)
         image = None
         if images is not None:
-            image = _stack_oriented(images, np.float32)
+            image = _stack_oriented(images, np.float32)[0]
             check_finite(image, p / "PATIENT_DICOM", "image")
-        ds = masks[0][3]
-        ps = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
-        dz = float(np.median(np.diff([m[0] for m in masks]))) if len(masks) > 1 else \
-            float(getattr(ds, "SliceThickness", 1.0) or 1.0)
-        return Volume(case_id=case, image=image, label=label, source="dicom",
-                      spacing=(ps[1], ps[0], dz),  # axes swapped by the transpose
-                      slice_index=np.arange(label.shape[2]), intensity="hu",
-                      path=str(p), extra={"z_positions": [round(m[0], 4) for m in masks]})
+        spacing, z = _oriented_spacing_and_positions(masks, ornt)
+        extra = {"z_positions": None if z is None else [round(v, 4) for v in z]}
+        return Volume(case_id=case, image=image, label=label, source="dicom", spacing=spacing,
+                      slice_index=np.arange(label.shape[2]), intensity="hu", path=str(p),
+                      extra=extra)
 
 
 # ---------------------------------------------------------------------------- entry

@@ -13,6 +13,11 @@ Modes
   (`default_rng(seed).permutation(N)`, the first `round(test_fraction*N)` are the test set),
   and the test set doubles as validation set (`val == test`).
 
+Named patients (patient mode): `test_cases=[...]` makes exactly those patients the test set
+(instead of a draw; with `folds`/`fold` these only label the split), `val_cases=[...]` makes
+exactly those the validation set; the rest train. A name that is not in the cache, or a patient
+named twice, is an error. `fold_cases` in `pipeline.prepare` names them per fold.
+
 `student_train` is `student_fraction` of the teacher's training data: whole patients in
 patient mode (falls back to slices, `student_by: "slice"`, with fewer than 2 training
 patients), slices in faithful mode. Every draw is deterministic for a seed.
@@ -85,10 +90,31 @@ def _check_fraction(name: str, value: float, low_open: bool = True,
     return value
 
 
+def _named_cases(cache, names, what: str) -> list[str] | None:
+    """Validate a list of patient names against the cache (None: not named)."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    names = [str(n) for n in names]
+    if not names:
+        raise ConfigError(f"{what} is an empty list", None, f"name at least one patient or leave {what} out")
+    unknown = [n for n in names if n not in set(cache.cases)]
+    if unknown:
+        raise ConfigError(f"{what}: no patient {', '.join(map(repr, unknown))} in the cache",
+                          cache.path, f"choose from {', '.join(cache.cases)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{what} names a patient twice: {names}", None, "name each patient once")
+    return names
+
+
 def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: float = 0.2,
                val_fraction: float = 0.2, student_fraction: float = 0.5,
-               folds: int | None = None, fold: int | None = None) -> dict:
-    """Split a cache (SliceCache or path) into train/val/test/student_train index lists."""
+               folds: int | None = None, fold: int | None = None,
+               test_cases: list[str] | None = None, val_cases: list[str] | None = None) -> dict:
+    """Split a cache (SliceCache or path) into train/val/test/student_train index lists.
+
+    `test_cases` / `val_cases` name the test / validation patients instead of drawing them."""
     cache = _load_cache(cache)
     n = len(cache)
     if n == 0:
@@ -100,6 +126,18 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
     student_fraction = _check_fraction("student_fraction", student_fraction, high_open=False)
     seed = int(seed)
     extra: dict = {}
+
+    named_test = _named_cases(cache, test_cases, "test_cases")
+    named_val = _named_cases(cache, val_cases, "val_cases")
+    if mode == "faithful" and (named_test or named_val):
+        raise ConfigError("test_cases/val_cases are for mode='patient' (the faithful split is "
+                          "by slice)", None, "drop test_cases and val_cases")
+    if named_test and named_val and set(named_test) & set(named_val):
+        raise ConfigError(f"patient(s) {sorted(set(named_test) & set(named_val))} named both "
+                          "for test and for validation", None, "name each patient in one role")
+    if named_val and not named_test and (folds is not None or fold is not None):
+        raise ConfigError("val_cases with drawn folds could name a fold's test patient", None,
+                          "name the test patients too (test_cases, or fold_cases per fold)")
 
     if mode == "faithful":
         if folds is not None or fold is not None:
@@ -125,7 +163,20 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
                               f"{len(cases)}", None,
                               "use mode='faithful' (split by slice) or add patients")
         perm = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-        if folds is not None or fold is not None:
+        if named_test is not None:
+            # named: the fold number (if any) is a label; the caller names every fold's patients
+            if (folds is None) != (fold is None) or \
+                    (folds is not None and not 0 <= int(fold) < int(folds)):
+                raise ConfigError(f"fold label {fold} of {folds} folds is invalid", None,
+                                  "give both folds and fold, with 0 <= fold < folds")
+            test_cases = list(named_test)
+            pool = [c for c in perm if c not in set(test_cases)]
+            if not pool:
+                raise ConfigError("test_cases names every patient: none left to train on", None,
+                                  "leave at least one patient out of test_cases")
+            folds = None if folds is None else int(folds)
+            fold = None if fold is None else int(fold)
+        elif folds is not None or fold is not None:
             if folds is None or fold is None:
                 raise ConfigError("cross-validation needs both folds and fold", None,
                                   f"e.g. folds={min(3, len(cases))}, fold=0 (then 1, 2, ...)")
@@ -148,11 +199,24 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
             test_cases = members[fold]
             pool = [c for c in perm if c not in set(test_cases)]
         else:
+            drawable = [c for c in perm if c not in set(named_val or [])]
+            if not drawable:
+                raise ConfigError("val_cases names every patient: none left to test on", None,
+                                  "leave patients out of val_cases")
             n_test = min(len(cases) - 1, max(1, int(round(test_fraction * len(cases)))))
-            test_cases, pool = perm[:n_test], perm[n_test:]
+            n_test = min(n_test, len(drawable))
+            test_cases = drawable[:n_test]
+            pool = [c for c in perm if c not in set(test_cases)]
         sub = 0 if fold is None else fold + 1
         val_rng = np.random.default_rng([seed, 1, sub])
-        if val_fraction == 0:
+        if named_val is not None:
+            val_cases = list(named_val)
+            train_cases = [c for c in pool if c not in set(val_cases)]
+            if not train_cases:
+                raise ConfigError("no patient left to train on after test_cases and val_cases",
+                                  None, "name fewer test or validation patients")
+            extra["val_by"] = "patient (named)"
+        elif val_fraction == 0:
             val_cases, train_cases = [], list(pool)
             extra["val_by"] = "none"
         elif len(pool) >= 2:

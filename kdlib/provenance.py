@@ -1,0 +1,43 @@
+"""Where a result came from: the code's commit, whether the tree was clean, the data's checksum.
+
+Recorded in every run's `config.json` under `provenance`. It is a record, not an input: it
+is not part of a run's identity (hash) and the "different configuration" check ignores it,
+so committing code does not retrain anything.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def code_state() -> dict[str, Any]:
+    """`commit` (full hash, or "unknown" outside a git checkout) and `clean` (True when no
+    tracked file differs from that commit; None when unknown)."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return {"commit": "unknown", "clean": None}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "clean": None if status is None else status == ""}
+
+
+def run_provenance(data_checksum: str, split_checksum: str | None = None) -> dict[str, Any]:
+    """The provenance block of a run: code state, data and split checksums, UTC date."""
+    record = dict(code_state())
+    record["data_checksum"] = data_checksum
+    if split_checksum is not None:
+        record["split_checksum"] = split_checksum
+    record["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return record

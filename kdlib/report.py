@@ -1,0 +1,106 @@
+"""Every table, claim, ANOVA and summary of a profile, regenerated from run records alone.
+
+`python -m kdlib report --profile real-mini` reads the small records a published profile
+commits (`figures/<profile>/runs/<run>/{config.json, history.csv, metrics.json}` and
+`DATA.json`; no checkpoint, no slice cache) and rewrites `tables/*.{csv,md}` and
+`SUMMARY.md` beside them. The output depends on the records only (no date, no wall time),
+so rerunning it changes no byte. Notebook 05 calls `regenerate` too, so the notebook and
+the command never diverge.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import claims, experiments, tables
+from .errors import DataError
+from .io import read_json
+from .paths import REPO_ROOT, results_dir
+from .pipeline import DATA_FACTS, write_summary
+
+SUMMARY_SETTING = "corrected"
+
+
+def tables_not_run(runs: list[dict[str, Any]]) -> list[str]:
+    """Ablation tables none of whose rows has a run: the profile did not train them
+    (claims resting only on them are "not run in this profile", not "not testable")."""
+    described = tables.describe_runs(runs)
+    return [t for t in experiments.ABLATION_TABLES
+            if not any(experiments.row_matches(row, desc) for row in experiments.thesis_rows([t])
+                       for _, desc in described)]
+
+
+def record_provenance(profile: str, data: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Provenance from the records themselves: the code commits the runs were trained at."""
+    commits = sorted({f"{(r['config'].get('provenance') or {}).get('commit', 'unknown')[:7]}"
+                      f"{'' if (r['config'].get('provenance') or {}).get('clean', True) else '+uncommitted'}"
+                      for r in runs})
+    return {"profile": profile, "data": data, "runs": len(runs), "trained at commit(s)": " ".join(commits)}
+
+
+def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: str = "",
+               facts: dict[str, Any] | None = None, summary_setting: str = SUMMARY_SETTING,
+               readme: bool = False) -> dict[str, Path]:
+    """Write the thesis tables, and per setting the ANOVA, configuration summary, paired
+    comparisons and claims, plus SUMMARY.md (for `summary_setting`) under `publish`."""
+    runs = sorted(runs, key=lambda r: Path(r["run_dir"]).name)
+    folder = Path(publish) / "tables"
+    synthetic = tables.is_synthetic(runs)
+    written: dict[str, Path] = {}
+    cached = [dict(run, _desc=desc) for run, desc in tables.describe_runs(runs)]
+    for table_id in tables.TABLE_IDS:
+        name = f"table{table_id.replace('.', '_')}"
+        written[name] = tables.write_table(tables.table(table_id, cached), folder, name, synthetic)[1]
+    not_run = tables_not_run(cached)
+    settings = sorted({r["config"]["setting"] for r in cached}, key=experiments.SETTINGS.index)
+    claims_of = {}
+    for setting in settings:
+        mine = [r for r in cached if r["config"]["setting"] == setting]
+        claims_of[setting] = claims.claims_table(mine, not_run_tables=not_run)
+        for name, df in ((f"anova_{setting}", claims.anova_table(mine)),
+                         (f"configurations_{setting}", claims.configuration_summary(mine)),
+                         (f"paired_{setting}", claims.paired_comparisons(mine)),
+                         (f"claims_{setting}", claims_of[setting])):
+            written[name] = tables.write_table(df, folder, name, synthetic)[1]
+    if summary_setting in claims_of:
+        written["SUMMARY"] = write_summary(Path(publish), cached, claims_of[summary_setting],
+                                           record_provenance(profile, data, runs), summary_setting, synthetic,
+                                           readme=readme, facts=facts)
+    return written
+
+
+def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str | Path | None
+                   ) -> tuple[Path, Path, dict[str, Any]]:
+    from .runner import load_profile
+
+    common = (load_profile(profile) or {}).get("common") or {}
+    publish = Path(publish_dir) if publish_dir else (
+        REPO_ROOT / common["publish_dir"] if common.get("publish_dir") else results_dir(profile))
+    if runs_dir:
+        runs = Path(runs_dir)
+    elif (publish / "runs").is_dir():
+        runs = publish / "runs"
+    else:
+        runs = results_dir(profile) / "runs"
+    return runs, publish, common
+
+
+def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | Path | None = None
+           ) -> dict[str, Path]:
+    """Regenerate a profile's tables, claims, ANOVA and SUMMARY.md from its run records.
+
+    `runs_dir`: the records (default `<publish>/runs`, else `results/<profile>/runs`);
+    `publish_dir`: where tables/ and SUMMARY.md go (default the profile's `publish_dir`,
+    else `results/<profile>`). Returns {name: path written}.
+    """
+    from .train import load_runs
+
+    runs_path, publish, common = _profile_paths(profile, runs_dir, publish_dir)
+    runs = load_runs(runs_path) if runs_path.is_dir() else []
+    if not runs:
+        raise DataError("no run records (config.json + metrics.json) found", runs_path,
+                        fix=f"run `python -m kdlib run --profile {profile}` first, or pass --runs DIR")
+    facts_path = runs_path / DATA_FACTS
+    facts = read_json(facts_path) if facts_path.exists() else None
+    setting = common.get("setting", SUMMARY_SETTING)
+    return regenerate(runs, publish, profile, str(common.get("data", "")), facts, summary_setting=setting)
