@@ -137,7 +137,7 @@ def train_teachers(out: Path, teachers_by_setting: dict[str, list[str]], epochs:
     for setting, teachers in teachers_by_setting.items():
         if setting not in prepared:
             raise ConfigError(f"setting {setting!r} was not prepared by 01_preprocess",
-                              out / PREPARED, f"add it to 01's `settings`")
+                              out / PREPARED, "add it to 01's `settings`")
         entry = prepared[setting]
         for fold, split in enumerate(entry["splits"]):
             for model in teachers:

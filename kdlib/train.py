@@ -93,7 +93,7 @@ class RunConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"        # auto | fp32 | bf16 (autocast); auto is resolved on creation
     setting: str = "corrected"     # corrected | faithful: which reading of the thesis
-    weights_dtype: str = "fp32"    # fp32 | fp16: how best.pt stores the weights
+    weights_dtype: str = "fp16"    # fp16 | fp32: how best.pt stores the weights (test metrics come from them)
     keep_last: bool = False        # keep last.pt (resumable state) after finishing, to continue later
 
     def __post_init__(self) -> None:
@@ -154,11 +154,11 @@ class RunConfig:
 def teacher_config(model: str, cache: str | Path, split: str | Path, **overrides) -> RunConfig:
     """Teachers: Dice+BCE (+0.2 recon MSE for T1/T2), AdamW 1e-4, betas (0.9, 0.95), wd 0.05, batch 8.
 
-    best.pt keeps fp16 weights (31-173 M parameters: half the disk; the test metrics are
-    computed from the stored weights, and tests/test_checkpoints.py shows them unchanged)."""
+    Like every run, best.pt keeps fp16 weights (31-173 M parameters: half the disk; the test
+    metrics are computed from the stored weights, and tests/test_checkpoints.py shows them
+    unchanged against fp32)."""
     base = dict(name=model, model=model, role="teacher", cache=str(cache), split=str(split),
-                loss="dice_bce", optimizer="adamw", lr=1e-4, batch_size=8, epochs=200,
-                weights_dtype="fp16")
+                loss="dice_bce", optimizer="adamw", lr=1e-4, batch_size=8, epochs=200)
     base.update(overrides)
     return RunConfig(**base)
 

@@ -160,3 +160,26 @@ def write_dicom_patient(root: Path, n=4, size=16, shuffle_names=True, seed=0,
         _dicom_slice(root / "MASKS_DICOM" / "spleen" / name, mask, z=1.6 * k,
                      instance=int(order[k]))
     return root
+
+
+# --------------------------------------------------------------------------- the command line
+@pytest.fixture
+def no_progress_bars(monkeypatch):
+    """stderr then holds kdlib's own lines only (progress bars also write there)."""
+    monkeypatch.setenv("KDLIB_PROGRESS", "0")
+
+
+def run_cli(capsys, *args):
+    """`kdlib.cli.main(args)` -> (exit code, stdout, non-empty stderr lines)."""
+    from kdlib.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def assert_one_error(code, err, *words):
+    """The CLI contract: exit 2 and exactly one `kdlib: error:` line mentioning `words`."""
+    assert code == 2 and len(err) == 1 and err[0].startswith("kdlib: error:"), err
+    for word in words:
+        assert word.lower() in err[0].lower(), err[0]

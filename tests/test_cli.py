@@ -9,32 +9,17 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, write_msd, write_slices
-from kdlib.cli import build_parser, main
+from conftest import REPO, write_msd, write_slices, assert_one_error, run_cli
+from kdlib.cli import build_parser
+
+
+pytestmark = pytest.mark.usefixtures("no_progress_bars")
 
 
 def _commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices
-
-
-@pytest.fixture(autouse=True)
-def _no_progress_bars(monkeypatch):
-    """stderr then holds kdlib's own lines only (progress bars also write there)."""
-    monkeypatch.setenv("KDLIB_PROGRESS", "0")
-
-
-def _cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
-
-
-def _one_error(code, err, *words):
-    assert code == 2 and len(err) == 1 and err[0].startswith("kdlib: error:"), err
-    for word in words:
-        assert word.lower() in err[0].lower(), err[0]
 
 
 @pytest.mark.parametrize("name", sorted(_commands()))
@@ -66,9 +51,9 @@ def test_help_runs_without_heavy_imports():
 
 
 def test_models_says_at_which_size_taps_are_given(capsys):
-    code, out, _ = _cli(capsys, "models", "--size", "64")
+    code, out, _ = run_cli(capsys, "models", "--size", "64")
     assert code == 0 and "64x64 input" in out.splitlines()[0]
-    code, out, _ = _cli(capsys, "models", "--size", "64", "--json")
+    code, out, _ = run_cli(capsys, "models", "--size", "64", "--json")
     assert all(row["input_size"] == 64 for row in json.loads(out))
 
 
@@ -77,8 +62,8 @@ def test_models_says_at_which_size_taps_are_given(capsys):
 @pytest.mark.parametrize("size", ["100000", "4"])
 def test_size_is_bounded(tmp_path, capsys, command, size):
     args = [a.format(tmp=tmp_path) for a in command] + ["--size", size]
-    code, _, err = _cli(capsys, *args)
-    _one_error(code, err, "--size" if command[0] != "preprocess" else "size", "2048")
+    code, _, err = run_cli(capsys, *args)
+    assert_one_error(code, err, "--size" if command[0] != "preprocess" else "size", "2048")
     assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
 
 
@@ -87,15 +72,15 @@ def test_preprocess_uses_every_input(tmp_path, capsys, style):
     a = write_msd(tmp_path / "a", cases=("spleen_1", "spleen_2"))
     b = write_msd(tmp_path / "b", cases=("spleen_5",))
     inputs = ["--input", a, "--input", b] if style == "repeated" else ["--input", f"{a},{b}"]
-    code, out, _ = _cli(capsys, "preprocess", *inputs, "--size", "16", "--out", tmp_path / "c")
+    code, out, _ = run_cli(capsys, "preprocess", *inputs, "--size", "16", "--out", tmp_path / "c")
     assert code == 0 and json.loads(out)["cases"] == 3
 
 
 def test_preprocess_out_is_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
-    code, _, err = _cli(capsys, "preprocess", "--input", write_msd(tmp_path / "a"), "--size",
+    code, _, err = run_cli(capsys, "preprocess", "--input", write_msd(tmp_path / "a"), "--size",
                         "16", "--out", tmp_path / "taken")
-    _one_error(code, err, "taken", "is a file")
+    assert_one_error(code, err, "taken", "is a file")
     assert (tmp_path / "taken").read_text() == "x"
 
 
@@ -103,8 +88,8 @@ def test_preprocess_orient_turns_slices(tmp_path, capsys):
     from kdlib.data import SliceCache
 
     root = write_slices(tmp_path / "s", size=32)
-    assert _cli(capsys, "preprocess", "--input", root, "--size", "32", "--out", tmp_path / "c0")[0] == 0
-    assert _cli(capsys, "preprocess", "--input", root, "--size", "32", "--orient", "rot90",
+    assert run_cli(capsys, "preprocess", "--input", root, "--size", "32", "--out", tmp_path / "c0")[0] == 0
+    assert run_cli(capsys, "preprocess", "--input", root, "--size", "32", "--orient", "rot90",
                 "--out", tmp_path / "c1")[0] == 0
     plain, turned = SliceCache.load(tmp_path / "c0"), SliceCache.load(tmp_path / "c1")
     assert np.array_equal(turned.images, np.rot90(plain.images, 1, axes=(1, 2)))
@@ -122,7 +107,7 @@ def test_colour_slices_warn_once_in_one_line(tmp_path, capsys):
         grey = np.asarray(Image.open(root / "images" / name))
         rgba = np.stack([grey, grey // 2, grey, np.full_like(grey, 255)], axis=2)
         Image.fromarray(rgba, "RGBA").save(root / "images" / name)
-    code, out, err = _cli(capsys, "preprocess", "--input", root, "--size", "16",
+    code, out, err = run_cli(capsys, "preprocess", "--input", root, "--size", "16",
                           "--out", tmp_path / "c")
     assert code == 0 and len(err) == 1 and err[0].startswith("kdlib: warning:")
     assert "2 colour" in err[0] and "flattened to grey" in err[0]
@@ -135,7 +120,7 @@ def test_grey_stored_as_rgb_is_not_a_conversion_worth_a_warning(tmp_path, capsys
     root = write_slices(tmp_path / "s", size=16)
     grey = np.asarray(Image.open(root / "images" / "spleen_3_0.png"))
     Image.fromarray(np.stack([grey] * 3, axis=2), "RGB").save(root / "images" / "spleen_3_0.png")
-    code, _, err = _cli(capsys, "preprocess", "--input", root, "--size", "16", "--out", tmp_path / "c")
+    code, _, err = run_cli(capsys, "preprocess", "--input", root, "--size", "16", "--out", tmp_path / "c")
     assert code == 0 and not err
 
 
@@ -144,8 +129,8 @@ def test_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied", str(tmp_path / "somewhere"))
 
     monkeypatch.setattr("kdlib.data.phantom.write_phantom_msd", refuse)
-    code, _, err = _cli(capsys, "phantom", "--out", tmp_path / "p", "--size", "16")
-    _one_error(code, err, "somewhere", "permission denied")
+    code, _, err = run_cli(capsys, "phantom", "--out", tmp_path / "p", "--size", "16")
+    assert_one_error(code, err, "somewhere", "permission denied")
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):

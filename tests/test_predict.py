@@ -11,9 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from conftest import write_dicom_patient, write_nifti
+from conftest import write_dicom_patient, write_nifti, assert_one_error, run_cli
 from kdlib import predict as predict_mod
-from kdlib.cli import main
+
+
+pytestmark = pytest.mark.usefixtures("no_progress_bars")
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +45,6 @@ def bright_rule(monkeypatch):
     return seen
 
 
-@pytest.fixture(autouse=True)
-def _no_progress_bars(monkeypatch):
-    """stderr then holds kdlib's own lines only (progress bars also write there)."""
-    monkeypatch.setenv("KDLIB_PROGRESS", "0")
-
-
-def _cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
-
-
-def _one_error(code, err, *words):
-    assert code == 2 and len(err) == 1 and err[0].startswith("kdlib: error:"), err
-    for word in words:
-        assert word.lower() in err[0].lower(), err[0]
-
-
 def _ct(shape=(24, 20, 6), seed=0):
     return np.random.default_rng(seed).normal(0, 40, size=shape).astype(np.int16)
 
@@ -69,9 +53,9 @@ def _ct(shape=(24, 20, 6), seed=0):
 def test_second_input_corrupt_leaves_nothing(run, tmp_path, capsys):
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
     (tmp_path / "in" / "b.nii.gz").write_bytes(b"not a nifti" * 50)
-    code, out, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, out, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                           "--out", tmp_path / "new" / "pred")
-    _one_error(code, err, "b.nii.gz", "corrupt")
+    assert_one_error(code, err, "b.nii.gz", "corrupt")
     assert not (tmp_path / "new").exists() and out == ""
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".kdlib")]
 
@@ -83,12 +67,12 @@ def test_existing_folder_is_filled_and_nothing_is_overwritten(run, tmp_path, cap
     out.mkdir(mode=0o750)
     os.chmod(out, 0o750)
     (out / "notes.txt").write_text("mine")
-    assert _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)[0] == 0
+    assert run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine" and (out.stat().st_mode & 0o777) == 0o750
     stamp = (out / "a.nii.gz").read_bytes()
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)
-    _one_error(code, err, "a.nii.gz", "overwrite")
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)
+    assert_one_error(code, err, "a.nii.gz", "overwrite")
     assert (out / "a.nii.gz").read_bytes() == stamp
 
 
@@ -97,16 +81,16 @@ def test_non_finite_image_is_refused(run, tmp_path, capsys, value):
     image = _ct().astype(np.float32)
     image[3, 4, 2] = value
     write_nifti(tmp_path / "in" / "scan.nii.gz", image)
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "pred")
-    _one_error(code, err, "scan.nii.gz", "NaN or infinite")
+    assert_one_error(code, err, "scan.nii.gz", "NaN or infinite")
     assert not (tmp_path / "pred").exists()
 
 
 def test_label_maps_in_a_nifti_folder_are_not_segmented(run, tmp_path, capsys, bright_rule):
     write_nifti(tmp_path / "in" / "ct.nii.gz", _ct())
     write_nifti(tmp_path / "in" / "ct_seg.nii.gz", np.zeros((24, 20, 6), np.uint8))
-    code, out, _ = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, out, _ = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "pred")
     assert code == 0 and json.loads(out)["inputs"] == 1
     assert [p.name for p in (tmp_path / "pred").iterdir()] == ["ct.nii.gz"]
@@ -117,18 +101,18 @@ def test_dicom_slices_of_mixed_sizes(run, tmp_path, capsys):
     write_dicom_patient(tmp_path / "other", n=5, size=20, shuffle_names=False)
     os.replace(tmp_path / "other" / "PATIENT_DICOM" / "image_4",  # z = 6.4: a new position
                tmp_path / "ircadb" / "p1" / "PATIENT_DICOM" / "image_9")
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "ircadb",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "ircadb",
                         "--out", tmp_path / "pred")
-    _one_error(code, err, "image_", "size")
+    assert_one_error(code, err, "image_", "size")
     assert not (tmp_path / "pred").exists()
 
 
 def test_out_is_a_file(run, tmp_path, capsys):
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
     (tmp_path / "taken").write_text("x")
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "taken")
-    _one_error(code, err, "taken", "is a file")
+    assert_one_error(code, err, "taken", "is a file")
 
 
 def test_unwritable_output(run, tmp_path, capsys, monkeypatch):
@@ -138,9 +122,9 @@ def test_unwritable_output(run, tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr("pathlib.Path.mkdir", refuse)
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "pred")
-    _one_error(code, err, "permission denied")
+    assert_one_error(code, err, "permission denied")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
@@ -148,9 +132,9 @@ def test_read_only_output_folder(run, tmp_path, capsys):
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o500)
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "ro" / "pred")
-    _one_error(code, err, "permission")
+    assert_one_error(code, err, "permission")
 
 
 def test_other_process_creates_the_folder_meanwhile(run, tmp_path, capsys, monkeypatch):
@@ -163,8 +147,8 @@ def test_other_process_creates_the_folder_meanwhile(run, tmp_path, capsys, monke
         return {"mask": np.zeros(np.shape(images), np.uint8)}
 
     monkeypatch.setattr("kdlib.train.infer", infer)
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)
-    _one_error(code, err, "another process")
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)
+    assert_one_error(code, err, "another process")
     assert [p.name for p in out.iterdir()] == ["theirs.nii.gz"]
 
 
@@ -180,9 +164,9 @@ def test_truncated_checkpoint(run, tmp_path, capsys):
     copy, best = _copy_run(run, tmp_path)
     best.write_bytes(best.read_bytes()[:200])
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
-    code, _, err = _cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
                         "--out", tmp_path / "pred")
-    _one_error(code, err, "best.pt")
+    assert_one_error(code, err, "best.pt")
     assert not (tmp_path / "pred").exists()
 
 
@@ -203,9 +187,9 @@ def test_checkpoint_with_a_pickle_payload_does_not_run(run, tmp_path, capsys):
     state["payload"] = _Payload(marker)
     torch.save(state, best)  # loading it with weights_only=False would create the marker
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
-    code, _, err = _cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
                         "--out", tmp_path / "pred")
-    _one_error(code, err, "best.pt")
+    assert_one_error(code, err, "best.pt")
     assert not marker.exists()
 
 
@@ -230,7 +214,7 @@ def test_nifti_mask_comes_back_in_the_inputs_own_voxel_order(run, tmp_path, caps
     path = tmp_path / "in" / "scan.nii.gz"
     path.parent.mkdir()
     nib.save(nib.Nifti1Image(image, affine), str(path))
-    assert _cli(capsys, "predict", "--model", run, "--input", path, "--out", tmp_path / "p")[0] == 0
+    assert run_cli(capsys, "predict", "--model", run, "--input", path, "--out", tmp_path / "p")[0] == 0
     written = nib.load(str(tmp_path / "p" / "scan.nii.gz"))
     assert np.allclose(written.affine, affine)
     assert np.array_equal(np.asarray(written.dataobj), (image > 0).astype(np.uint8))
@@ -251,7 +235,7 @@ def test_orient_turns_2d_slices_and_masks_come_back(run, tmp_path, capsys, brigh
     plane[2:10, 4:20] = 255
     (tmp_path / "in").mkdir()
     Image.fromarray(plane).save(tmp_path / "in" / "slice_1.png")
-    code, out, _ = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, out, _ = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--orient", op, "--out", tmp_path / "p")
     assert code == 0 and json.loads(out)["orient"] == op
     assert np.array_equal(bright_rule[0][0], orient_slices(plane, op))  # what the model saw
@@ -264,11 +248,11 @@ def test_warns_when_a_mostly_positive_model_finds_no_spleen(run, tmp_path, capsy
                         {"mask": np.zeros(np.shape(images), np.uint8)})
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
     # the phantom has spleen on about 29% of slices: no warning
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "p1")
     assert code == 0 and not err
     monkeypatch.setattr(predict_mod, "MOSTLY_POSITIVE", 0.1)
-    code, _, err = _cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "p2")
     assert code == 0 and len(err) == 1 and err[0].startswith("kdlib: warning:")
     assert "--orient" in err[0]
@@ -284,9 +268,9 @@ def _png(path, array):
 
 def test_evaluate_missing_truth(tmp_path, capsys):
     (tmp_path / "pred").mkdir()
-    code, _, err = _cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+    code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                         tmp_path / "nowhere")
-    _one_error(code, err, "nowhere", "not found")
+    assert_one_error(code, err, "nowhere", "not found")
 
 
 @pytest.mark.parametrize("values", [(0, 128), (0, 1, 2)])
@@ -296,8 +280,8 @@ def test_evaluate_refuses_non_binary_predictions(tmp_path, capsys, values):
         mask[k] = v
     _png(tmp_path / "pred" / "spleen_1_0.png", mask)
     _png(tmp_path / "truth" / "masks" / "spleen_1_0.png", np.zeros((8, 8), np.uint8))
-    code, _, err = _cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth", tmp_path / "truth")
-    _one_error(code, err, "spleen_1_0.png", "not binary")
+    code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth", tmp_path / "truth")
+    assert_one_error(code, err, "spleen_1_0.png", "not binary")
 
 
 def test_evaluate_refuses_nan_in_nifti_predictions(tmp_path, capsys):
@@ -307,9 +291,9 @@ def test_evaluate_refuses_nan_in_nifti_predictions(tmp_path, capsys):
     pred = label.astype(np.float32)
     pred[1, 1, 1] = np.nan
     write_nifti(tmp_path / "pred" / "spleen_1.nii.gz", pred)
-    code, _, err = _cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+    code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                         tmp_path / "truth", "--format", "msd")
-    _one_error(code, err, "spleen_1.nii.gz", "NaN")
+    assert_one_error(code, err, "spleen_1.nii.gz", "NaN")
 
 
 def test_case_pattern_groups_slices_by_the_right_case(tmp_path, capsys):
@@ -321,14 +305,14 @@ def test_case_pattern_groups_slices_by_the_right_case(tmp_path, capsys):
         mask = (rng.random((8, 8)) > 0.5).astype(np.uint8) * 255
         _png(tmp_path / "pred" / f"{name}.png", mask)
         _png(tmp_path / "truth" / "masks" / f"{name}.png", mask)
-    code, out, _ = _cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+    code, out, _ = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                         tmp_path / "truth")
     assert code == 0 and len(json.loads(out)["per_volume"]["cases"]) == 6  # one per file
-    code, out, _ = _cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+    code, out, _ = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                         tmp_path / "truth", "--case-pattern", r"_(?P<case>[^_]+)$")
     report = json.loads(out)
     assert code == 0 and sorted(report["per_volume"]["cases"]) == ["caseA", "caseB"]
     assert all(c["n_slices"] == 3 for c in report["per_volume"]["cases"].values())
-    code, _, err = _cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+    code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                         tmp_path / "truth", "--case-pattern", r"^case(\d+)$")
-    _one_error(code, err, "does not match --case-pattern")
+    assert_one_error(code, err, "does not match --case-pattern")

@@ -15,7 +15,7 @@ import yaml
 
 from kdlib import runner, threads
 from kdlib.errors import ConfigError, KdlibError
-from kdlib.paths import NOTEBOOKS_DIR, PROFILES_DIR
+from kdlib.paths import PROFILES_DIR
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
