@@ -170,3 +170,22 @@ def test_prepare_names_each_folds_patients(phantom_msd, tmp_path):
     assert splits[0]["val_cases"] == ["spleen_2"] and splits[0]["val_by"] == "patient (named)"
     assert [(s["fold"], s["folds"]) for s in splits] == [(0, 2), (1, 2)]
     assert len(prepared["faithful"]["splits"]) == 1  # the faithful split stays one split by slice
+
+
+def test_student_by_slice_takes_the_same_share_of_every_training_patient(phantom_cache):
+    cache = SliceCache.load(phantom_cache)
+    split = make_split(cache, seed=3, student_by="slice")
+    ids = np.asarray(cache.case_ids)
+    for case in split["train_cases"]:
+        rows = set(np.flatnonzero(ids == case).tolist())
+        taken = rows & set(split["student_train"])
+        assert taken and abs(len(taken) - 0.5 * len(rows)) <= 1, case
+    assert set(split["student_train"]) <= set(split["train"])
+    assert split["student_cases"] == split["train_cases"]
+    by_patient = make_split(cache, seed=3)
+    assert set(by_patient["student_cases"]) < set(by_patient["train_cases"])
+
+
+def test_student_by_must_be_patient_or_slice(phantom_cache):
+    with pytest.raises(ConfigError, match="student_by"):
+        make_split(SliceCache.load(phantom_cache), student_by="volume")

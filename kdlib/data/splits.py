@@ -20,7 +20,10 @@ named twice, is an error. `fold_cases` in `pipeline.prepare` names them per fold
 
 `student_train` is `student_fraction` of the teacher's training data: whole patients in
 patient mode (falls back to slices, `student_by: "slice"`, with fewer than 2 training
-patients), slices in faithful mode. Every draw is deterministic for a seed.
+patients), slices in faithful mode. `student_by="slice"` in patient mode takes that share of
+every training patient's slices instead, so that students see every training patient (with a
+few patients of very different sizes, a draw of whole patients may leave the students one).
+Every draw is deterministic for a seed.
 
 All index lists are sorted cache indices (python ints).
 """
@@ -111,10 +114,13 @@ def _named_cases(cache, names, what: str) -> list[str] | None:
 def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: float = 0.2,
                val_fraction: float = 0.2, student_fraction: float = 0.5,
                folds: int | None = None, fold: int | None = None,
-               test_cases: list[str] | None = None, val_cases: list[str] | None = None) -> dict:
+               test_cases: list[str] | None = None, val_cases: list[str] | None = None,
+               student_by: str = "patient") -> dict:
     """Split a cache (SliceCache or path) into train/val/test/student_train index lists.
 
-    `test_cases` / `val_cases` name the test / validation patients instead of drawing them."""
+    `test_cases` / `val_cases` name the test / validation patients instead of drawing them.
+    `student_by`: "patient" (whole training patients) or "slice" (the same share of every
+    training patient's slices)."""
     cache = _load_cache(cache)
     n = len(cache)
     if n == 0:
@@ -125,6 +131,9 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
     val_fraction = _check_fraction("val_fraction", val_fraction, low_open=False)
     student_fraction = _check_fraction("student_fraction", student_fraction, high_open=False)
     seed = int(seed)
+    if student_by not in ("patient", "slice"):
+        raise ConfigError(f"student_by={student_by!r} is not 'patient' or 'slice'", None,
+                          "use student_by='patient' (whole patients) or 'slice'")
     extra: dict = {}
 
     named_test = _named_cases(cache, test_cases, "test_cases")
@@ -234,7 +243,16 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
             chosen, rest = _take(val_rng, train, n_val)
             val, train = _sorted_ints(chosen), _sorted_ints(rest)
         st_rng = np.random.default_rng([seed, 2, sub])
-        if len(train_cases) >= 2:
+        if student_by == "slice":
+            student = []
+            for case in sorted(train_cases):
+                rows = _sorted_ints(cache.indices_of([case]))
+                n_case = max(1, int(round(student_fraction * len(rows))))
+                student += _take(st_rng, rows, n_case)[0]
+            student = _sorted_ints(student)
+            student_cases = list(train_cases)
+            extra["student_by"] = "slice (the same share of every training patient)"
+        elif len(train_cases) >= 2:
             student_cases, _ = _take_patients(st_rng, list(train_cases), _case_sizes(cache),
                                               student_fraction, keep_one=False)
             student = _sorted_ints(cache.indices_of(student_cases))
