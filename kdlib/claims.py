@@ -301,6 +301,13 @@ CLAIMS: list[dict[str, Any]] = [
 ]
 
 
+def rows_claims_need(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The thesis rows (of `experiments.thesis_rows`/`grid_rows`) whose configuration some claim
+    compares: the cut a CPU-sized profile trains when the whole grid does not fit."""
+    needed = {key(spec) for claim in CLAIMS for terms, _ in claim["comparisons"] for _, spec in terms}
+    return [row for row in rows if key(spec_of_row(row)) in needed]
+
+
 def _comparison_text(terms) -> str:
     if len(terms) == 4:  # a difference of two gains
         (_, a), (_, b), (_, c), (_, d) = terms

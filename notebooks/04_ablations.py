@@ -35,6 +35,8 @@ setting: str = "corrected"  # the main reading: corrected | faithful
 faithful_grid: bool = True  # also run the T1->S1 grid (Tables 4.3, 4.6, 4.7) in the faithful setting
 epochs: int = 2  # the thesis: 120
 seeds: list = [42]  # several seeds give confidence intervals
+patience: int = 0  # early stopping: epochs without a validation-Dice gain before stopping (0: off; epochs is the cap)
+grid: str = "all"  # all: every row of Tables 4.3-4.11 | claims: only the rows the claims compare (a CPU-sized cut)
 grid_folds: list = []  # [] -> every fold prepared by 01; e.g. [0] to run the grid on one fold
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
@@ -47,7 +49,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from kdlib import experiments, figures, pipeline, tables, train
+from kdlib import claims, experiments, figures, pipeline, tables, train
 from kdlib.data import SliceCache, load_split
 
 started = time.time()
@@ -56,13 +58,18 @@ publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
 folds = grid_folds or None
-configs = pipeline.row_configs(out, experiments.thesis_rows(experiments.ABLATION_TABLES), setting,
-                               epochs=epochs, seeds=seeds, precision=precision, folds=folds)
+grid_rows = experiments.thesis_rows(experiments.ABLATION_TABLES)
+if grid == "claims":
+    grid_rows = claims.rows_claims_need(grid_rows)
+elif grid != "all":
+    raise ValueError(f"grid={grid!r}: use 'all' or 'claims'")
+configs = pipeline.row_configs(out, grid_rows, setting, epochs=epochs, seeds=seeds, precision=precision,
+                               folds=folds, patience=patience)
 if faithful_grid and "faithful" in prepared and setting != "faithful":
     faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
                      if r["student"] == "S1" and r["teacher"] in ("T1", "")]
     configs += pipeline.row_configs(out, faithful_rows, "faithful", epochs=epochs, seeds=seeds,
-                                    precision=precision)
+                                    precision=precision, patience=patience)
 print(len(configs), "configurations")
 
 # %%
