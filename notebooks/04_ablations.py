@@ -36,7 +36,7 @@ faithful_grid: bool = True  # also run the T1->S1 grid (Tables 4.3, 4.6, 4.7) in
 epochs: int = 2  # the thesis: 120
 seeds: list = [42]  # several seeds give confidence intervals
 patience: int = 0  # early stopping: epochs without a validation-Dice gain before stopping (0: off; epochs is the cap)
-grid: str = "all"  # all: every row of Tables 4.3-4.11 | claims: only the rows the claims compare (a CPU-sized cut)
+grid: str = "all"  # all: every row of Tables 4.3-4.11 | claims: only the rows the claims compare | none (CPU-sized cuts)
 grid_folds: list = []  # [] -> every fold prepared by 01; e.g. [0] to run the grid on one fold
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
@@ -61,8 +61,10 @@ folds = grid_folds or None
 grid_rows = experiments.thesis_rows(experiments.ABLATION_TABLES)
 if grid == "claims":
     grid_rows = claims.rows_claims_need(grid_rows)
+elif grid == "none":
+    grid_rows = []
 elif grid != "all":
-    raise ValueError(f"grid={grid!r}: use 'all' or 'claims'")
+    raise ValueError(f"grid={grid!r}: use 'all', 'claims' or 'none'")
 configs = pipeline.row_configs(out, grid_rows, setting, epochs=epochs, seeds=seeds, precision=precision,
                                folds=folds, patience=patience)
 if faithful_grid and "faithful" in prepared and setting != "faithful":
