@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -37,6 +38,36 @@ def load_average() -> float | None:
         return float(os.getloadavg()[0])
     except (AttributeError, OSError):
         return None
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(total, idle) jiffies of all CPUs from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [float(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    return sum(fields[:8]), fields[3] + fields[4]  # idle + iowait
+
+
+def busy_cores(interval: float = 0.5) -> float | None:
+    """Cores kept busy by other work right now: the non-idle share of all CPUs over
+    `interval` seconds (Linux /proc/stat), else the 1-minute load average.
+
+    Why not the load average alone: it trails by about a minute, so right after another job
+    ends it still reports that job and a new run would take too few threads."""
+    first = _cpu_times()
+    if first is None:
+        return load_average()
+    time.sleep(interval)
+    second = _cpu_times()
+    total, idle = second[0] - first[0], second[1] - first[1]
+    if total <= 0:
+        return load_average()
+    cpus = os.cpu_count() or 1
+    return round(cpus * (total - idle) / total, 2)
 
 
 def threads_for(cores: int, load: float | None) -> int:
@@ -71,7 +102,7 @@ class ThreadChoice:
             return None
         state = "oversubscribed" if self.load > self.cores else "busy"
         how = "as OMP_NUM_THREADS asks" if self.user_set else "to fit the free cores"
-        return (f"machine {state} (1-min load {self.load:.1f} on {self.cores} cores): using "
+        return (f"machine {state} (CPU load {self.load:.1f} on {self.cores} cores): using "
                 f"{self.threads} torch/OpenMP thread(s) {how}; expect longer run times than on an "
                 f"idle machine")
 
@@ -81,7 +112,7 @@ def choose(environ: Mapping[str, str] | None = None, cores: int | None = None,
     """Thread count for this machine now (the user's OMP_NUM_THREADS if set)."""
     environ = os.environ if environ is None else environ
     cores = usable_cores() if cores is None else cores
-    load = load_average() if load is None else load
+    load = busy_cores() if load is None else load
     user = _user_threads(environ)
     if user is not None:
         return ThreadChoice(user, cores, load, user_set=True)

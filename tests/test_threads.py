@@ -59,7 +59,7 @@ def test_kernel_environment_sets_only_what_the_user_did_not():
 def test_configure_applies_the_choice_to_torch_and_warns_once(monkeypatch, caplog):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    monkeypatch.setattr(threads, "load_average", lambda: 2.5)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 2.5)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -69,3 +69,21 @@ def test_configure_applies_the_choice_to_torch_and_warns_once(monkeypatch, caplo
         assert len(caplog.records) == 1 and "oversubscribed" in caplog.records[0].getMessage()
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_sees_work_that_runs_now_not_the_last_minute(monkeypatch):
+    """A job that just ended still weighs on the 1-minute load average; the CPU times
+    sampled now say the cores are free, and they decide."""
+    samples = iter([(1000.0, 400.0), (1100.0, 495.0)])  # 95 of 100 jiffies idle
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(threads, "load_average", lambda: 1.9)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
+    choice = threads.choose(environ={}, cores=2)
+    assert choice.load == pytest.approx(0.1) and choice.threads == 2 and choice.warning() is None
+
+
+def test_busy_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch):
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)
+    monkeypatch.setattr(threads, "load_average", lambda: 1.25)
+    assert threads.busy_cores(interval=0) == 1.25
