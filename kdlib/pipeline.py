@@ -255,6 +255,41 @@ def publish_runs(out: Path, publish: Path) -> Path:
     return target
 
 
+PREPROCESSING = "preprocessing.json"  # a published model's copy of its cache manifest
+STUDENT_ROLES = ("baseline", "control", "kd")
+
+
+def publish_models(out: Path, publish: Path, roles: tuple[str, ...] = STUDENT_ROLES) -> Path:
+    """Copy the first seed's students of every fold, ready for `kdlib predict`, to
+    `<publish>/models/<run folder>/`: their records, `checkpoints/best.pt` (weights only,
+    loadable with weights_only=True) and `preprocessing.json` (the cache manifest they were
+    trained on, which `predict` reads when the cache itself is absent). Students are small
+    (S1 about 0.12 MB, S2 about 0.46 MB in fp16); teachers are never published."""
+    from .io import atomic_write_bytes
+    from .train import load_runs
+
+    target = publish / "models"
+    runs = [r for r in load_runs(out / "runs") if r["config"].get("role") in roles]
+    first_seed = {}
+    for run in runs:
+        key = (run["config"]["name"], run["config"]["split"], run["config"]["setting"])
+        first_seed[key] = min(first_seed.get(key, run["config"]["seed"]), run["config"]["seed"])
+    for run in runs:
+        cfg = run["config"]
+        if cfg["seed"] != first_seed[(cfg["name"], cfg["split"], cfg["setting"])]:
+            continue
+        source = Path(run["run_dir"])
+        dest = target / source.name
+        files = {name: source / name for name in RECORD_FILES}
+        files["checkpoints/best.pt"] = source / "checkpoints" / "best.pt"
+        files[PREPROCESSING] = Path(cfg["cache"]) / "manifest.json"
+        for name, path in files.items():
+            data = path.read_bytes()
+            if not (dest / name).exists() or (dest / name).read_bytes() != data:
+                atomic_write_bytes(dest / name, data)
+    return target
+
+
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 THESIS_SCALE = {"patients": 41, "size": 256, "student_epochs": 120, "teacher_epochs": 200}
 

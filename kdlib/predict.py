@@ -210,7 +210,9 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
         raise DataError("the output path is a file, not a folder", out,
                         "give a new or existing folder as --out")
     cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
-    manifest = read_json(Path(cfg.cache) / "manifest.json")
+    # a published model (pipeline.publish_models) carries its cache manifest with it
+    published = run_dir / "preprocessing.json"
+    manifest = read_json(published if published.exists() else Path(cfg.cache) / "manifest.json")
     params = manifest["params"]
     faithful = params.get("mode") == "faithful"
     # a model trained on 8-bit slices only has no HU window: HU inputs get the thesis slices'

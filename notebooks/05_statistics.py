@@ -79,6 +79,8 @@ publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
 records = pipeline.publish_runs(out, publish) if publish_dir else out / "runs"
+if publish_dir:  # the students anyone can use: weights + preprocessing, ready for `kdlib predict`
+    pipeline.publish_models(out, publish)
 all_runs = train.load_runs(records)
 runs = [r for r in all_runs if r["config"]["setting"] == setting]
 print(f"{len(runs)} finished runs in the {setting} setting ({len(all_runs)} in all), records in {records}")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -316,3 +318,37 @@ def test_case_pattern_groups_slices_by_the_right_case(tmp_path, capsys):
     code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                         tmp_path / "truth", "--case-pattern", r"^case(\d+)$")
     assert_one_error(code, err, "does not match --case-pattern")
+
+
+def test_published_model_segments_without_its_cache(run, tmp_path):
+    """`pipeline.publish_models` copies a student with its preprocessing: `predict` then needs
+    neither the results folder's cache nor anything but the published folder, and gives the
+    same masks as the original run folder."""
+    import shutil
+
+    from kdlib import pipeline
+    from kdlib.io import read_json
+    from kdlib.predict import predict
+    from kdlib.train import RunConfig, load_model
+
+    out = tmp_path / "results"
+    shutil.copytree(run.parent, out / "runs")
+    models = pipeline.publish_models(out, tmp_path / "publish")
+    published = models / run.name
+    assert sorted(p.name for p in published.rglob("*") if p.is_file()) == [
+        "best.pt", "config.json", "history.csv", "metrics.json", "preprocessing.json"]
+    load_model(published, "cpu")  # weights only: loads with weights_only=True
+    cache = Path(RunConfig.from_dict(read_json(run / "config.json")).cache)
+    inputs = tmp_path / "phantom"
+    shutil.copytree(cache.parent / "phantom", inputs)
+    first = predict(run, inputs, tmp_path / "from_run")
+    hidden = cache.with_name("cache-moved-away")
+    cache.rename(hidden)
+    try:
+        second = predict(published, inputs, tmp_path / "from_published")
+    finally:
+        hidden.rename(cache)
+    assert first["slices"] == second["slices"] > 0
+    for mask in (tmp_path / "from_run").rglob("*.nii.gz"):
+        twin = tmp_path / "from_published" / mask.relative_to(tmp_path / "from_run")
+        assert np.array_equal(nib.load(mask).get_fdata(), nib.load(twin).get_fdata())
