@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Collection, Iterable, Sequence
 
 import numpy as np
@@ -159,6 +160,21 @@ def case_values(run: dict[str, Any], metric: str = "dice") -> dict[str, float] |
         if value is not None and not math.isnan(float(value)):
             out[str(case)] = float(value)
     return out
+
+
+def per_patient_points(runs, metric: str = "dice") -> pd.DataFrame:
+    """One row per (configuration, test patient, seed): the run's per-volume `metric`, for a
+    plot that shows the spread behind every mean. Columns: label, setting, patient, fold,
+    seed, value; configurations in the summary's order (teachers, baselines, controls, KD)."""
+    index = RunIndex(runs)
+    order = {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}
+    records = []
+    for setting, spec in sorted(index.configurations(), key=lambda c: (c[0], order[c[1]["table"]], label(c[1]))):
+        for (split, seed), run in sorted(index.get(spec, setting).items()):
+            for patient, value in sorted((case_values(run, metric) or {}).items()):
+                records.append({"label": label(spec), "setting": setting, "patient": patient,
+                                "fold": Path(split).stem, "seed": seed, "value": value})
+    return pd.DataFrame.from_records(records, columns=["label", "setting", "patient", "fold", "seed", "value"])
 
 
 def fold_blocks(groups: Sequence[tuple[float, dict[tuple, dict]]], metric: str = "dice"

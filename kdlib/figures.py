@@ -406,6 +406,43 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
     return fig
 
 
+def per_patient_plot(points, title: str = "", synthetic: bool = False, xlabel: str = "test Dice per patient"):
+    """One row per configuration, one dot per (test patient, seed) and a bar at the mean of
+    the patients' seed-means: the spread a table's single number hides. `points`: the
+    DataFrame of `claims.per_patient_points` (label, patient, seed, value). Patients keep one
+    colour across rows, so a patient that is hard for every model stands out."""
+    plt = _plt()
+    if len(points) == 0:
+        raise DataError("no per-patient results to plot", fix="train some runs first")
+    labels = list(dict.fromkeys(points["label"]))
+    patients = sorted(set(points["patient"]))
+    cmap = plt.get_cmap("tab10" if len(patients) <= 10 else "tab20")
+    colour = {p: cmap(i % cmap.N) for i, p in enumerate(patients)}
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.4))
+    jitter = np.linspace(-0.25, 0.25, max(2, len(patients)))
+    for row, lab in enumerate(labels):
+        sub = points[points["label"] == lab]
+        for j, patient in enumerate(patients):
+            vals = sub.loc[sub["patient"] == patient, "value"].to_numpy(dtype=float)
+            ax.scatter(vals, np.full(vals.shape, row + jitter[j % len(jitter)]), s=14,
+                       color=colour[patient], alpha=0.85, linewidths=0,
+                       label=patient if row == 0 else None)
+        means = sub.groupby("patient")["value"].mean()
+        ax.plot([means.mean()] * 2, [row - 0.35, row + 0.35], color="k", lw=2)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(title="test patient (dots: seeds)", fontsize=7, title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(_title(title or "Per-patient test Dice (bar: mean over patients of their seed-means)",
+                        synthetic), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _forest_panel(ax, data) -> None:
     y = np.arange(len(data))[::-1]
     n_col = "n" if "n" in data.columns else "n_pairs" if "n_pairs" in data.columns else None

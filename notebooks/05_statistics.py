@@ -104,6 +104,16 @@ display(Markdown(written[f"anova_{setting}"].read_text()))
 display(Markdown(written[f"configurations_{setting}"].read_text()))
 
 # %% [markdown]
+# ## Per-patient Dice: one dot per test patient and seed, per configuration
+# The spread behind each mean: a patient that is hard for every model, or a seed that failed.
+
+# %%
+points = claims.per_patient_points(runs)
+if len(points):
+    fig = figures.per_patient_plot(points, synthetic=synthetic)
+    figures.save_figure(fig, publish / "figures" / f"per_patient_dice_{setting}.png", prov)
+
+# %% [markdown]
 # ## Distilled students against their baseline and their KD-off control, and the forest plot
 
 # %%

@@ -198,3 +198,19 @@ def test_labels_and_thesis_lookup():
     assert claims.thesis_value(claims.baseline_spec("S1", 1.0)) == pytest.approx(0.763)
     assert math.isnan(claims.thesis_value(claims.kd_spec("T2", "S2", "D", False)))
     assert math.isnan(claims.thesis_value(claims.control_spec("S1")))
+
+
+def test_per_patient_points_keep_every_patient_and_seed(study):
+    from kdlib import figures
+
+    points = claims.per_patient_points(study)
+    # every finished run contributes one value per patient it tested, nothing is averaged
+    expected = sum(len(claims.case_values(run) or {}) for run in study
+                   if run["config"]["role"] != "teacher")
+    students = points[~points["label"].str.endswith("(teacher)")]
+    assert len(students) == expected
+    assert set(points["seed"]) == {r["config"]["seed"] for r in study}
+    assert points.groupby(["setting", "label", "patient", "seed"]).size().max() == 1
+    fig = figures.per_patient_plot(points, synthetic=True)
+    assert len(fig.axes[0].get_yticklabels()) == points["label"].nunique()
+    assert "SYNTHETIC" in fig.axes[0].get_title()
