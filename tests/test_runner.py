@@ -194,7 +194,7 @@ def test_kernels_get_thread_settings_and_the_caller_keeps_its_environment(tmp_pa
     for name in (*threads.THREAD_VARIABLES, threads.WAIT_POLICY, "KDLIB_BATCH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    monkeypatch.setattr(threads, "load_average", lambda: 1.7)  # one core taken by other work
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.7)  # one core taken by other work
     dump = ("import json, os, pathlib\n"
             "names = ['OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OMP_WAIT_POLICY', 'KDLIB_BATCH']\n"
             "pathlib.Path(out_dir, 'env.json').write_text(json.dumps({n: os.environ.get(n) for n in names}))")
