@@ -18,6 +18,7 @@ from .data import SliceCache, make_split, preprocess, save_split, write_phantom_
 from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text, read_json
 from .paths import REPO_ROOT, resolve_data, results_dir
+from .progress import bar
 from .train import RunConfig, is_finished, train
 
 PREPARED, TEACHERS = "prepared.json", "teachers.json"
@@ -199,7 +200,13 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None) ->
     ordered = sorted(configs, key=lambda c: (c.teacher_run or "", c.split, c.train_subset, c.model))
     todo = sum(not is_finished(c.run_dir(out / "runs")) for c in ordered)
     print(f"{len(ordered)} runs, {len(ordered) - todo} already finished, {todo} to train")
-    return [train(cfg, out / "runs", device=device) for cfg in ordered]
+    # One bar over the runs, not one per run: a grid's worth of widget bars floods the
+    # kernel's output channel (nbval then lost the cell's final message) and the notebook.
+    # Each run still prints one line with its validation curve when it finishes.
+    done = []
+    for cfg in bar(ordered, desc="runs", total=len(ordered)):
+        done.append(train(cfg, out / "runs", device=device, progress=False))
+    return done
 
 
 def publish_folder(out: Path, publish_dir: str = "") -> Path:
@@ -302,10 +309,17 @@ VERDICT_DEFINITIONS = (
     "(`criterion`). `consistent_with_thesis`: whether the thesis's own effect lies inside our CI.")
 
 
-def _epochs(runs: list[dict[str, Any]], roles: tuple[str, ...]) -> str:
-    found = sorted({int(r["config"]["epochs"]) for r in runs
-                    if r["config"].get("role") in roles and r["config"].get("epochs")})
-    return "/".join(map(str, found)) or "–"
+def _epochs(runs: list[dict[str, Any]], roles: tuple[str, ...]) -> tuple[str, int]:
+    """How long the runs of `roles` trained, in words, and their largest cap (0: none)."""
+    chosen = [r for r in runs if r["config"].get("role") in roles and r["config"].get("epochs")]
+    if not chosen:
+        return "–", 0
+    caps = sorted({int(r["config"]["epochs"]) for r in chosen})
+    ran = [r["metrics"].get("epochs_run") for r in chosen]
+    cap_text = "/".join(map(str, caps))
+    if any(r["config"].get("patience") for r in chosen) and all(isinstance(e, int) for e in ran):
+        return f"{min(ran)}-{max(ran)} epochs (early stopping on validation Dice, cap {cap_text})", caps[-1]
+    return f"{cap_text} epochs", caps[-1]
 
 
 def describe_budget(runs: list[dict[str, Any]], facts: dict[str, Any] | None, synthetic: bool) -> str:
@@ -321,19 +335,19 @@ def describe_budget(runs: list[dict[str, Any]], facts: dict[str, Any] | None, sy
                    "no HU window recorded (8-bit slices, or data facts not published)")
     if facts.get("hu_mapping"):
         window_text += f" ({facts['hu_mapping']})"
-    student_epochs, teacher_epochs = _epochs(runs, ("baseline", "control", "kd")), _epochs(runs, ("teacher",))
+    (student_epochs, student_cap), (teacher_epochs, _) = (_epochs(runs, ("baseline", "control", "kd")),
+                                                          _epochs(runs, ("teacher",)))
     patients_text = f"{len(patients)} test patients" + (
         f" of {facts['cases']} in the cache" if facts.get("cases") else "") + (
         f" ({facts['slices']} slices)" if facts.get("slices") else "") + (f" at {size}x{size}" if size else "")
     parts = [("Generated (SYNTHETIC) data" if synthetic else "Real CT") + f": {patients_text};", f"{window_text};",
-             f"students trained {student_epochs} epochs, teachers {teacher_epochs};",
+             f"students trained {student_epochs}, teachers {teacher_epochs};",
              f"{folds} fold(s) x {seeds} seed(s)."]
     text = " ".join(p for p in parts if p)
     smaller = [what for what, ours, thesis in (
         ("patients", len(patients) if not facts.get("cases") else facts["cases"], THESIS_SCALE["patients"]),
         ("resolution", size or 0, THESIS_SCALE["size"]),
-        ("student epochs", max([int(e) for e in student_epochs.split("/") if e.isdigit()] or [0]),
-         THESIS_SCALE["student_epochs"])) if ours < thesis]
+        ("student epochs", student_cap, THESIS_SCALE["student_epochs"])) if ours < thesis]
     if synthetic:
         return text + " Not comparable to the thesis."
     if smaller:

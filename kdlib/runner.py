@@ -8,6 +8,10 @@ only warns about a misspelled parameter and then silently runs the default.
 A run holds its output folder's lock (a second run on the same folder fails at once, naming
 the first one's PID), starts its kernels with thread settings that fit the free cores
 (`kdlib.threads`), and moves each executed notebook into place only when it is complete.
+A run of all notebooks ends by writing `invocation.json` (commit, wall times, threads, the
+machine's load before and after) into the output folder and, for a profile that publishes
+(`publish_dir`), `PROVENANCE.md` beside the published results: what a reader needs to trust
+that one invocation made them.
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ import yaml
 
 from . import threads
 from .errors import ConfigError, KdlibError
-from .io import atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 from .locks import folder_lock
-from .paths import NOTEBOOKS_DIR, PROFILES_DIR, results_dir
+from .paths import NOTEBOOKS_DIR, PROFILES_DIR, REPO_ROOT, results_dir
+from .provenance import code_state
 
 PARTIAL_SUFFIX = ".partial.ipynb"
 KERNEL_START_TIMEOUT_S = 180  # papermill's 60 s is too short for a kernel start on a busy machine
@@ -218,16 +223,62 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
             print(f"kdlib: warning: {message}", file=sys.stderr, flush=True)
         # KDLIB_BATCH: text progress bars and static widgets in the kernels
         kernel_env = {"KDLIB_BATCH": "1", **threads.kernel_environment(choice)}
-        written = []
-        started_all = time.time()
+        written, seconds = [], {}
+        started_all, load_before = time.time(), threads.load_average()
         with _environment(kernel_env):
             for i, nb in enumerate(notebooks, 1):
                 target = executed_dir / nb.name
                 print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
                 started = time.time()
                 execute_notebook(nb, target, params[nb.stem])
-                print(f"[{i}/{len(notebooks)}] {nb.stem} done in {time.time() - started:.1f} s -> {target}",
+                seconds[nb.stem] = round(time.time() - started, 1)
+                print(f"[{i}/{len(notebooks)}] {nb.stem} done in {seconds[nb.stem]:.1f} s -> {target}",
                       flush=True)
                 written.append(target)
+        if notebooks == all_notebooks:
+            record = invocation_record(profile, started_all, seconds, choice, load_before)
+            write_invocation(record, out_dir, _publish_dir(params))
     print(f"all {len(notebooks)} notebooks done in {time.time() - started_all:.1f} s; outputs in {out_dir}")
     return written
+
+
+def _publish_dir(params: dict[str, dict[str, Any]]) -> Path | None:
+    named = {p.get("publish_dir") for p in params.values()} - {None, ""}
+    return REPO_ROOT / named.pop() if len(named) == 1 else None
+
+
+def invocation_record(profile: str, started: float, seconds: dict[str, float],
+                      choice: "threads.ThreadChoice", load_before: float | None) -> dict[str, Any]:
+    """One invocation of all notebooks: code, timing, and how busy the machine was."""
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))  # noqa: E731
+    ended = time.time()
+    return {"profile": profile, "command": f"python -m kdlib run --profile {profile}",
+            **code_state(), "started": stamp(started), "ended": stamp(ended),
+            "wall_s": round(ended - started, 1), "notebooks_s": seconds,
+            "threads": choice.threads, "usable_cores": choice.cores,
+            "busy_cores_at_start": choice.load,
+            "load_average_1min": {"start": load_before, "end": threads.load_average()}}
+
+
+def provenance_markdown(record: dict[str, Any]) -> str:
+    load = record["load_average_1min"]
+    rows = "\n".join(f"| {name} | {s:.1f} |" for name, s in record["notebooks_s"].items())
+    clean = {True: "clean", False: "with uncommitted changes", None: "unknown state"}[record["clean"]]
+    return (f"# Provenance of the `{record['profile']}` results\n\n"
+            f"Written by `kdlib.runner` at the end of the invocation that made every file here.\n\n"
+            f"- Command: `{record['command']}`, from an output folder it filled.\n"
+            f"- Commit: `{record['commit']}` ({clean} tree).\n"
+            f"- Started {record['started']}, ended {record['ended']}: "
+            f"wall time {record['wall_s'] / 60:.1f} min ({record['wall_s']:.0f} s).\n"
+            f"- Threads: {record['threads']} on {record['usable_cores']} usable cores; CPU cores busy "
+            f"with other work at the start: {record['busy_cores_at_start']}; 1-minute load average "
+            f"{load['start']} at the start, {load['end']} at the end (this run's own threads count).\n\n"
+            f"| notebook | seconds |\n|---|---|\n{rows}\n")
+
+
+def write_invocation(record: dict[str, Any], out_dir: Path, publish_dir: Path | None) -> None:
+    atomic_write_json(out_dir / "invocation.json", record)
+    if publish_dir is not None:
+        publish_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(publish_dir / "invocation.json", record)
+        atomic_write_text(publish_dir / "PROVENANCE.md", provenance_markdown(record))

@@ -10,8 +10,8 @@ Read it top-down:
    folder (`kdlib.locks.folder_lock`); leftover temporary files of a killed save are removed
    at the next start. Every file is written atomically; `metrics.json` is written last and
    marks completion; a finished run's files are never rewritten.
-3. Early stopping (`patience` > 0) watches validation Dice; the kept checkpoint is the one
-   with the best validation criterion (the original's: validation loss). `metrics.json` holds
+3. Early stopping (`patience` > 0, never before `min_epochs`) watches validation Dice; the
+   kept checkpoint is the one with the best validation criterion (the original's: validation loss). `metrics.json` holds
    the test metrics of that best checkpoint and, under `last_epoch`, of the last epoch's model.
 4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
    `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
@@ -86,6 +86,8 @@ class RunConfig:
     seed: int = 42
     patience: int = 0              # early stopping on validation Dice: epochs without an
     min_delta: float = 0.0         # improvement > min_delta before stopping; 0 = off
+    min_epochs: int = 0            # no early stop before this many epochs: a slow optimiser's
+                                   # validation Dice sits near 0 for its first epochs
     teacher_run: str | None = None  # run folder of the frozen teacher (kd only)
     kd: dict[str, Any] | None = None  # losses.KDConfig.to_dict() (kd only)
     threshold: str = "prob"        # prob (sigmoid > 0.5) | logit (faithful: logit > 0.5)
@@ -117,10 +119,12 @@ class RunConfig:
             raise ConfigError("batch_size and epochs must be >= 1", self.name)
         try:  # one spelling per value: 0 and 0.0 must hash alike
             self.patience, self.min_delta = int(self.patience), float(self.min_delta)
+            self.min_epochs = int(self.min_epochs)
         except (TypeError, ValueError):
-            raise ConfigError("patience must be an integer and min_delta a number", self.name) from None
-        if self.patience < 0 or not self.min_delta >= 0:
-            raise ConfigError("patience and min_delta must be >= 0", self.name)
+            raise ConfigError("patience and min_epochs must be integers and min_delta a number",
+                              self.name) from None
+        if self.patience < 0 or self.min_epochs < 0 or not self.min_delta >= 0:
+            raise ConfigError("patience, min_epochs and min_delta must be >= 0", self.name)
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +139,8 @@ class RunConfig:
         """What the run folder's hash covers: the config plus the content of its inputs,
         less what does not change the outcome up to the cap (`epochs`, `keep_last`)."""
         ident = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        if not ident["min_epochs"]:  # added later: runs made before it keep their folders
+            del ident["min_epochs"]
         ident["cache"] = read_json(Path(self.cache) / "manifest.json").get("fingerprint") or \
             sha256_file(Path(self.cache) / "manifest.json")
         ident["split"] = sha256_file(self.split)
@@ -509,13 +515,14 @@ def epochs_without_improvement(val_dice: list[float], min_delta: float = 0.0) ->
 
 def should_stop(cfg: RunConfig, history: list[dict[str, Any]]) -> bool:
     """The early-stopping rule: `patience` epochs in a row without a validation-Dice gain
-    above `min_delta` (off when patience is 0)."""
-    return cfg.patience > 0 and len(history) > 0 and \
+    above `min_delta` (off when patience is 0), never before `min_epochs` epochs."""
+    return cfg.patience > 0 and len(history) > 0 and len(history) >= cfg.min_epochs and \
         epochs_without_improvement([float(r["val_dice"]) for r in history], cfg.min_delta) >= cfg.patience
 
 
 def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
     mine = json.loads(json.dumps(cfg.to_dict()))
+    stored = {"min_epochs": 0, **stored}  # config.json files from before min_epochs existed
     drop = set(NOT_IDENTITY) | {"provenance"}
     return {k: v for k, v in stored.items() if k not in drop} == \
         {k: v for k, v in mine.items() if k not in drop}
@@ -685,7 +692,8 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     n_params = models.count_parameters(best_model)
     result.update(
         last_epoch=last, best_epoch=best_epoch, epochs_run=len(history), stopped=stopped,
-        early_stopping={"monitor": "val_dice", "patience": cfg.patience, "min_delta": cfg.min_delta},
+        early_stopping={"monitor": "val_dice", "patience": cfg.patience, "min_delta": cfg.min_delta,
+                        "min_epochs": cfg.min_epochs},
         params=n_params,
         feature_info={tap: list(v) for tap, v in best_model.feature_info.items()},
         train_seconds=float(sum(r["seconds"] for r in history)),

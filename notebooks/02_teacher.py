@@ -25,7 +25,7 @@
 # - Defaults: the **smoke** profile (SYNTHETIC data, 64x64, 2 epochs) — numbers are not comparable to the thesis.
 # - Thesis scale on a GPU: `python -m kdlib run --profile thesis --data /path/to/Task09_Spleen` (200 epochs, 256x256).
 # - `epochs` is a cap. With `patience` > 0 a teacher stops once its validation Dice has not
-#   risen by more than `min_delta` for `patience` epochs; Table 4.1 and the curves say how many
+#   risen by more than `min_delta` for `patience` epochs (never before `min_epochs`); Table 4.1 and the curves say how many
 #   epochs each teacher ran. Validation Dice is in each run's `history.csv`, every epoch.
 # - Finished runs are skipped, an interrupted run resumes from its last epoch. A finished run
 #   keeps only its best weights (fp16 for teachers: half the disk, same test metrics); with
@@ -41,6 +41,7 @@ faithful_teachers: list = ["T1"]  # also trained in the faithful setting (04's f
 epochs: int = 2  # the cap on epochs (the thesis: 200)
 patience: int = 0  # early stopping on validation Dice: epochs without improvement (0: off)
 min_delta: float = 0.0  # a validation-Dice gain must exceed this to count as an improvement
+min_epochs: int = 0  # no early stop before this many epochs
 keep_last: bool = False  # keep the last state of each run (optimiser included) to continue it later
 batch_size: int = 8
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16), fp32 elsewhere
@@ -70,7 +71,7 @@ print("training plan:", plan, "| folds:", len(prepared[setting]["splits"]))
 # %%
 registry = pipeline.train_teachers(out, plan, epochs=epochs, batch_size=batch_size,
                                    precision=precision, device=device or None, patience=patience,
-                                   min_delta=min_delta, keep_last=keep_last)
+                                   min_delta=min_delta, min_epochs=min_epochs, keep_last=keep_last)
 runs = [r for r in train.load_runs(out / "runs") if r["config"]["role"] == "teacher"]
 prov = pipeline.provenance(profile, data, started)
 

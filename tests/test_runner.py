@@ -250,3 +250,31 @@ def test_bench_smoke_times_each_notebook_and_measures_disk(tmp_path, monkeypatch
     assert 0 < result["notebooks_s"]["01_fake"] <= result["total_s"]
     assert result["disk_mb"]["blob"] == 2.5 and result["disk_mb"]["total"] >= 2.5
     assert result["disk_mb"]["notebooks"] > 0  # the executed notebook is counted too
+
+
+def test_a_full_invocation_records_its_commit_times_and_load_beside_the_published_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.25)
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    for name in ("01_first", "02_second"):
+        nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
+        nb.cells = [nbformat.v4.new_code_cell("profile = ''\nout_dir = ''\npublish_dir = ''",
+                                              metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell("x = 1")]
+        nbformat.write(nb, nb_dir / f"{name}.ipynb")
+    published = tmp_path / "published"
+    profiles = _write_profile(tmp_path / "profiles", {"common": {"publish_dir": str(published)}})
+    runner.run_notebooks("p", out=tmp_path / "out", notebooks_dir=nb_dir, profiles_dir=profiles)
+    record = json.loads((published / "invocation.json").read_text())
+    assert record == json.loads((tmp_path / "out" / "invocation.json").read_text())
+    assert list(record["notebooks_s"]) == ["01_first", "02_second"]
+    assert record["wall_s"] >= sum(record["notebooks_s"].values())
+    assert record["busy_cores_at_start"] == 0.25 and record["profile"] == "p"
+    assert len(record["commit"]) in (40, len("unknown"))
+    text = (published / "PROVENANCE.md").read_text()
+    assert record["commit"] in text and f"({record['wall_s']:.0f} s)" in text and "| 02_second |" in text
+    # a partial run (--only) is not one invocation of everything: it records nothing
+    (published / "invocation.json").unlink()
+    runner.run_notebooks("p", out=tmp_path / "out2", notebooks_dir=nb_dir, profiles_dir=profiles,
+                         only=["02"])
+    assert not (published / "invocation.json").exists()

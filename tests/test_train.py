@@ -228,7 +228,8 @@ def test_early_stopping_and_the_cap(tiny, tmp_path):
     assert (m["epochs_run"], m["stopped"]) == (3, "early")
     assert 1 <= m["best_epoch"] <= 3 and len(train.load_history(run)) == 3
     assert set(m["last_epoch"]) >= {"pooled", "per_image", "per_volume"}
-    assert m["early_stopping"] == {"monitor": "val_dice", "patience": 2, "min_delta": 1.0}
+    assert m["early_stopping"] == {"monitor": "val_dice", "patience": 2, "min_delta": 1.0,
+                                   "min_epochs": 0}
     assert "val_dice" in train.load_history(run).columns
     # the cap is not part of the identity, and a run that stopped early is finished for any cap
     assert _baseline(tiny, epochs=50, patience=2, min_delta=1.0).run_dir(tmp_path) == run
@@ -238,6 +239,20 @@ def test_early_stopping_and_the_cap(tiny, tmp_path):
     # without patience a run trains to its cap
     plain = _metrics(train.train(_baseline(tiny, epochs=2), tmp_path, progress=False))
     assert (plain["epochs_run"], plain["stopped"]) == (2, "cap")
+
+
+def test_no_early_stop_before_min_epochs(tiny, tmp_path):
+    # the same unbeatable min_delta as above would stop at epoch 3; min_epochs 5 holds it to 5
+    run = train.train(_baseline(tiny, epochs=10, patience=2, min_delta=1.0, min_epochs=5), tmp_path,
+                      progress=False)
+    m = _metrics(run)
+    assert (m["epochs_run"], m["stopped"]) == (5, "early")
+    assert m["early_stopping"]["min_epochs"] == 5
+    # a stopping rule changes the outcome: its own folder, while min_epochs 0 keeps the old name
+    assert run != _baseline(tiny, epochs=10, patience=2, min_delta=1.0).run_dir(tmp_path)
+    assert "min_epochs" not in _baseline(tiny, epochs=10).identity()
+    with pytest.raises(train.ConfigError, match="min_epochs"):
+        _baseline(tiny, epochs=10, min_epochs=-1)
 
 
 def test_continue_to_a_higher_cap_equals_a_straight_run(tiny, tmp_path):
