@@ -122,7 +122,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
-    written = report(args.profile, runs_dir=args.runs, publish_dir=args.out)
+    written = report(args.profile, runs_dir=args.runs, publish_dir=args.out, readme=args.update_readme)
     print(json.dumps({name: str(path) for name, path in written.items()}, indent=2))
     return 0
 
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run records folder (default: <publish_dir>/runs, else results/<profile>/runs)")
     p.add_argument("--out", default=None, type=Path,
                    help="where tables/ and SUMMARY.md go (default: the profile's publish_dir)")
+    p.add_argument("--update-readme", action="store_true",
+                   help="also replace the README's results section with the regenerated summary")
     p.set_defaults(func=_cmd_report)
 
     for command in sub.choices.values():  # every option's default shown in --help

@@ -380,6 +380,10 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
         "",
         f"Provenance: {stamp}.",
         "",
+        "Teachers, one row per fold (test Dice of the kept checkpoint, selected on validation loss, "
+        "and of the last epoch):",
+        "",
+        tables.to_markdown(tables.teachers_by_fold(runs)),
         "Headline (Table 4.2; the control rows are ours, not the thesis's: each student trained with its "
         "distilled students' recipe and no teacher):",
         "",

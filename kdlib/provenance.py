@@ -23,13 +23,18 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# what decides a result; README.md and figures/ are outputs (notebook 05 rewrites the README's
+# results section), so their changes do not make the code unclean
+CODE_PATHS = ("kdlib", "notebooks", "benchmarks", "pyproject.toml", "requirements.txt")
+
+
 def code_state() -> dict[str, Any]:
     """`commit` (full hash, or "unknown" outside a git checkout) and `clean` (True when no
-    tracked file differs from that commit; None when unknown)."""
+    tracked file of the code (`CODE_PATHS`) differs from that commit; None when unknown)."""
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return {"commit": "unknown", "clean": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {"commit": commit, "clean": None if status is None else status == ""}
 
 

@@ -85,13 +85,14 @@ def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str |
     return runs, publish, common
 
 
-def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | Path | None = None
-           ) -> dict[str, Path]:
+def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | Path | None = None,
+           readme: bool = False) -> dict[str, Path]:
     """Regenerate a profile's tables, claims, ANOVA and SUMMARY.md from its run records.
 
     `runs_dir`: the records (default `<publish>/runs`, else `results/<profile>/runs`);
     `publish_dir`: where tables/ and SUMMARY.md go (default the profile's `publish_dir`,
-    else `results/<profile>`). Returns {name: path written}.
+    else `results/<profile>`); `readme`: also rewrite the README's results section from the
+    regenerated summary. Returns {name: path written}.
     """
     from .train import load_runs
 
@@ -103,4 +104,5 @@ def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | 
     facts_path = runs_path / DATA_FACTS
     facts = read_json(facts_path) if facts_path.exists() else None
     setting = common.get("setting", SUMMARY_SETTING)
-    return regenerate(runs, publish, profile, str(common.get("data", "")), facts, summary_setting=setting)
+    return regenerate(runs, publish, profile, str(common.get("data", "")), facts, summary_setting=setting,
+                      readme=readme)

@@ -224,7 +224,9 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
         # KDLIB_BATCH: text progress bars and static widgets in the kernels
         kernel_env = {"KDLIB_BATCH": "1", **threads.kernel_environment(choice)}
         written, seconds = [], {}
-        started_all, load_before = time.time(), threads.load_average()
+        # the code as it was when the run began: notebook 05 rewrites the README's results
+        # section, so a check at the end would call every publishing run's tree unclean
+        started_all, load_before, code = time.time(), threads.load_average(), code_state()
         with _environment(kernel_env):
             for i, nb in enumerate(notebooks, 1):
                 target = executed_dir / nb.name
@@ -236,7 +238,7 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
                       flush=True)
                 written.append(target)
         if notebooks == all_notebooks:
-            record = invocation_record(profile, started_all, seconds, choice, load_before)
+            record = invocation_record(profile, started_all, seconds, choice, load_before, code)
             write_invocation(record, out_dir, _publish_dir(params))
     print(f"all {len(notebooks)} notebooks done in {time.time() - started_all:.1f} s; outputs in {out_dir}")
     return written
@@ -248,26 +250,30 @@ def _publish_dir(params: dict[str, dict[str, Any]]) -> Path | None:
 
 
 def invocation_record(profile: str, started: float, seconds: dict[str, float],
-                      choice: "threads.ThreadChoice", load_before: float | None) -> dict[str, Any]:
-    """One invocation of all notebooks: code, timing, and how busy the machine was."""
+                      choice: "threads.ThreadChoice", load_before: float | None,
+                      code: dict[str, Any]) -> dict[str, Any]:
+    """One invocation of all notebooks: code (`code_state()` at its start), timing, and how
+    busy the machine was."""
     stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))  # noqa: E731
+    rounded = lambda load: None if load is None else round(load, 2)  # noqa: E731
     ended = time.time()
     return {"profile": profile, "command": f"python -m kdlib run --profile {profile}",
-            **code_state(), "started": stamp(started), "ended": stamp(ended),
+            **code, "started": stamp(started), "ended": stamp(ended),
             "wall_s": round(ended - started, 1), "notebooks_s": seconds,
             "threads": choice.threads, "usable_cores": choice.cores,
             "busy_cores_at_start": choice.load,
-            "load_average_1min": {"start": load_before, "end": threads.load_average()}}
+            "load_average_1min": {"start": rounded(load_before), "end": rounded(threads.load_average())}}
 
 
 def provenance_markdown(record: dict[str, Any]) -> str:
     load = record["load_average_1min"]
     rows = "\n".join(f"| {name} | {s:.1f} |" for name, s in record["notebooks_s"].items())
-    clean = {True: "clean", False: "with uncommitted changes", None: "unknown state"}[record["clean"]]
+    clean = {True: "a clean tree", False: "uncommitted changes in the tree",
+             None: "tree state unknown"}[record["clean"]]
     return (f"# Provenance of the `{record['profile']}` results\n\n"
             f"Written by `kdlib.runner` at the end of the invocation that made every file here.\n\n"
             f"- Command: `{record['command']}`, from an output folder it filled.\n"
-            f"- Commit: `{record['commit']}` ({clean} tree).\n"
+            f"- Commit: `{record['commit']}` ({clean} when it started).\n"
             f"- Started {record['started']}, ended {record['ended']}: "
             f"wall time {record['wall_s'] / 60:.1f} min ({record['wall_s']:.0f} s).\n"
             f"- Threads: {record['threads']} on {record['usable_cores']} usable cores; CPU cores busy "

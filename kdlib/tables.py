@@ -200,6 +200,31 @@ def headline_table(runs, metric_level: str = "pooled") -> pd.DataFrame:
     return out
 
 
+def teachers_by_fold(runs) -> pd.DataFrame:
+    """One row per teacher run: its fold's test patients, how it trained (epochs run, why it
+    stopped, best epoch), test Dice of the kept checkpoint and of the last epoch, and each
+    test patient's Dice, so that a fold whose teacher missed is visible by name."""
+    rows = []
+    for run in runs:
+        cfg, metrics = run["config"], run["metrics"]
+        if cfg.get("role") != "teacher":
+            continue
+        cases = (metrics.get("per_volume") or {}).get("cases") or {}
+        rows.append({
+            "teacher": cfg.get("model"), "setting": cfg.get("setting"),
+            "test patients": ", ".join(cases) or "–",
+            "epochs run": metrics.get("epochs_run"), "stopped": metrics.get("stopped"),
+            "best epoch": metrics.get("best_epoch"),
+            "test Dice": metric_value(metrics, "dice"),
+            "test Dice, last epoch": metric_value(metrics.get("last_epoch") or {}, "dice"),
+            "Dice per patient": "; ".join(f"{c} {v['dice']:.3f}" for c, v in cases.items()),
+        })
+    columns = ["teacher", "setting", "test patients", "epochs run", "stopped", "best epoch", "test Dice",
+               "test Dice, last epoch", "Dice per patient"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["setting", "teacher", "test patients"],
+                                                          kind="stable", ignore_index=True)
+
+
 def _dice_text(dice: float, low: float, high: float) -> str:
     if math.isnan(dice):
         return "not run"

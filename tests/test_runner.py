@@ -278,3 +278,22 @@ def test_a_full_invocation_records_its_commit_times_and_load_beside_the_publishe
     runner.run_notebooks("p", out=tmp_path / "out2", notebooks_dir=nb_dir, profiles_dir=profiles,
                          only=["02"])
     assert not (published / "invocation.json").exists()
+
+
+def test_the_invocation_records_the_code_as_it_was_when_the_run_began(tmp_path, monkeypatch):
+    """Notebook 05 rewrites the README's results section (a tracked file); the record must
+    still say the run began on a clean tree."""
+    dirty = tmp_path / "dirty"
+    monkeypatch.setattr(runner, "code_state", lambda: {"commit": "c" * 40, "clean": not dirty.exists()})
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
+    nb.cells = [nbformat.v4.new_code_cell("profile = ''\nout_dir = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(f"open({str(dirty)!r}, 'w').close()")]
+    nbformat.write(nb, nb_dir / "01_only.ipynb")
+    profiles = _write_profile(tmp_path / "profiles", {"common": {}})
+    runner.run_notebooks("p", out=tmp_path / "out", notebooks_dir=nb_dir, profiles_dir=profiles)
+    assert dirty.exists()
+    record = json.loads((tmp_path / "out" / "invocation.json").read_text())
+    assert record["clean"] is True and record["commit"] == "c" * 40
+    assert "a clean tree when it started" in runner.provenance_markdown(record)

@@ -305,3 +305,25 @@ def test_control_rows_train_the_kd_recipe(tmp_path):
     assert cfg.role == "control" and cfg.optimizer == "rmsprop" and cfg.batch_size == 20
     assert cfg.teacher_run is None and cfg.train_subset == "student_train" and cfg.epochs == 3
     assert row in experiments.grid_rows(["4.2"]) and row not in experiments.grid_rows(["4.3"])
+
+
+def test_teachers_by_fold_names_each_folds_patients_and_how_the_teacher_trained(tmp_path):
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, "T1", model="T1", role="teacher", split="f0.json", dice=0.61,
+              cases={"3Dircadb1.1": 0.6, "spleen_3": 0.625}, epochs=20)
+    write_run(runs_dir, "T1", model="T1", role="teacher", split="f1.json", dice=0.82,
+              cases={"spleen_8": 0.89, "spleen_22": 0.31}, epochs=13)
+    write_run(runs_dir, "S1 baseline", model="S1", role="baseline", split="f0.json", dice=0.5,
+              cases={"3Dircadb1.1": 0.5})
+    for path in runs_dir.glob("t1-*/metrics.json"):  # stopping facts as train.py records them
+        metrics = json.loads(path.read_text())
+        metrics.update(epochs_run=metrics["best_epoch"], stopped="cap" if metrics["best_epoch"] == 20 else "early")
+        path.write_text(json.dumps(metrics))
+    df = tables.teachers_by_fold(load_runs(runs_dir))
+    assert list(df["teacher"]) == ["T1", "T1"]  # students are not teachers
+    by_patients = df.set_index("test patients")
+    first, second = by_patients.loc["3Dircadb1.1, spleen_3"], by_patients.loc["spleen_8, spleen_22"]
+    assert (first["epochs run"], first["stopped"], second["stopped"]) == (20, "cap", "early")
+    assert first["test Dice"] == pytest.approx(0.61)
+    assert first["test Dice, last epoch"] == pytest.approx(0.61 - 0.01)
+    assert second["Dice per patient"] == "spleen_8 0.890; spleen_22 0.310"

@@ -333,3 +333,22 @@ def test_finished_run_keeps_only_the_weights(tiny, tmp_path):
     kept = train.train(_baseline(tiny, keep_last=True), tmp_path / "keep", progress=False)
     assert (kept / "checkpoints" / "last.pt").exists()
     assert "optimizer" in torch.load(kept / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_code_state_is_clean_when_only_outputs_changed(tmp_path, monkeypatch):
+    """A publishing run rewrites README.md; only a change to the code makes the tree unclean."""
+    from kdlib import provenance
+
+    repo = tmp_path / "repo"
+    (repo / "kdlib").mkdir(parents=True)
+    (repo / "kdlib" / "train.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("results\n")
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    (repo / "README.md").write_text("new results\n")
+    assert provenance.code_state()["clean"] is True
+    (repo / "kdlib" / "train.py").write_text("x = 2\n")
+    assert provenance.code_state()["clean"] is False
