@@ -214,3 +214,24 @@ def test_per_patient_points_keep_every_patient_and_seed(study):
     fig = figures.per_patient_plot(points, synthetic=True)
     assert len(fig.axes[0].get_yticklabels()) == points["label"].nunique()
     assert "SYNTHETIC" in fig.axes[0].get_title()
+
+
+def test_a_headline_only_profile_ran_no_ablation_table_and_its_claims_say_so(study):
+    """Table 4.2's distilled students reappear as rows of Tables 4.4-4.9; a profile that
+    trained only Table 4.2 (real-mini) still did not run those tables, so a claim resting on
+    their other rows is "not run in this profile", not "not testable here"."""
+    from kdlib import report, tables
+
+    headline = experiments.thesis_rows(["4.2"])
+    corrected = [r for r in study if r["config"]["setting"] == "corrected"]
+    only_headline = [run for run, desc in tables.describe_runs(corrected)
+                     if any(experiments.row_matches(h, desc) for h in headline)]
+    assert {r["config"]["role"] for r in only_headline} >= {"baseline", "kd"}
+    assert report.tables_not_run(only_headline) == list(experiments.ABLATION_TABLES)
+    df = claims.claims_table(only_headline, not_run_tables=report.tables_not_run(only_headline))
+    assert set(df[df["claim_id"] == "4"]["verdict"]) == {"not run in this profile"}
+    # one run of a row of its own makes that table run
+    own = [run for run, desc in tables.describe_runs(corrected)
+           if not any(experiments.row_matches(h, desc) for h in headline)
+           and any(experiments.row_matches(row, desc) for row in experiments.thesis_rows(["4.10"]))]
+    assert "4.10" not in report.tables_not_run(only_headline + own[:1])
