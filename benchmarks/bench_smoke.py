@@ -7,9 +7,9 @@
 Runs `python -m kdlib run --profile PROFILE --out <empty temporary folder>` and records the
 seconds of each notebook (from the runner's progress lines), the total, and the megabytes
 left in the output folder. With `--busy`, a second process multiplies matrices on
-`--busy-threads` threads during the whole run; it starts `--busy-warmup` seconds early,
-because the runner chooses its threads from the 1-minute load average, which needs that
-long to see the other process.
+`--busy-threads` threads during the whole run; it starts `--busy-warmup` seconds early, so that
+the runner, which samples the busy cores when it starts, sees it (the warm-up was
+sized for the 1-minute load average the runner read before).
 
 The run gets the environment a user gets by default: OMP_NUM_THREADS, MKL_NUM_THREADS and
 OMP_WAIT_POLICY are removed (the runner chooses them), unless `--keep-thread-env`.
