@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import experiments, stats
 from .errors import KdlibError
-from .tables import describe_runs
+from .tables import describe_runs, reached_plateau
 
 MARGIN = 0.02  # Dice: equivalence / non-superiority margin, below the smallest gain the
 # thesis calls an improvement (KD(T1,S2) - S2 = 0.024 Dice in Table 4.2)
@@ -229,10 +229,15 @@ def contrast(index: RunIndex, terms: Sequence[tuple[float, Spec]], setting: str,
     seeds = "/".join(str(b.shape[0]) for b in blocks)
     out["basis"] = (f"{'per-volume' if unit == 'patient' else 'pooled'} {metric}; unit: {unit}; "
                     f"{len(blocks)} fold(s), seeds per fold {seeds}; CI: {out['method']} t")
+    unsettled = [label(spec) for (_, spec), (_, reps) in zip(terms, groups)
+                 if any(reached_plateau(run) is False for run in reps.values())]
+    out["converged"] = not unsettled
     if out["n_patients"] < 2:
         out["reason"] = f"{out['n_patients']} {unit}(s): no interval"
     elif not out["run_noise_measured"]:
         out["reason"] = "one run per configuration: run-to-run variation is not measured"
+    elif unsettled:  # a model still improving at its cap answers no question
+        out["reason"] = "not converged: runs of " + ", ".join(unsettled) + " hit their epoch cap still improving"
     return out
 
 
@@ -364,7 +369,8 @@ def claims_table(runs, metric: str = "dice", not_run_tables: Collection[str] = (
                 ran = not (result["missing"] and all(
                     _deliberately_not_run(s, not_run_tables) for c, s in terms if label(s) in result["missing"]))
                 v = stats.verdict(result["ci_low"], result["ci_high"], kind, margin,
-                                  testable=result["run_noise_measured"], ran=ran)
+                                  testable=result["run_noise_measured"] and result.get("converged", True),
+                                  ran=ran)
                 notes = [note, result["reason"] or ""]
                 if claim["claim_id"] == "5" and setting == "faithful":
                     notes.append(FAITHFUL_PMD_NOTE)

@@ -356,6 +356,25 @@ def describe_budget(runs: list[dict[str, Any]], facts: dict[str, Any] | None, sy
     return text + " At the thesis's scale."
 
 
+def plateau_sentence(runs: list[dict[str, Any]]) -> str:
+    """Which runs hit their epoch cap still improving (`tables.reached_plateau`), counted per
+    configuration; "" when no run had a stopping rule."""
+    from .tables import reached_plateau
+
+    judged = [(r["config"].get("name", "?"), reached_plateau(r)) for r in runs]
+    judged = [(name, ok) for name, ok in judged if ok is not None]
+    if not judged:
+        return ""
+    names = sorted({name for name, _ in judged})
+    open_ = [(n, sum(ok is False for m, ok in judged if m == n), sum(m == n for m, _ in judged)) for n in names]
+    open_ = [(n, bad, total) for n, bad, total in open_ if bad]
+    if not open_:
+        return "Every run ended on a plateau (stopped by its patience, or flat for its last `patience` epochs)."
+    listed = "; ".join(f"{n}: {bad} of {total}" for n, bad, total in open_)
+    return (f"Runs that hit their epoch cap still improving (not converged; a claim resting on them reads "
+            f"\"not testable here\"): {listed}.")
+
+
 def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], setting: str, synthetic: bool,
                  facts: dict[str, Any] | None = None) -> str:
     """SUMMARY.md's text: budget, headline table (Table 4.2 with our controls), claim 1
@@ -377,6 +396,8 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
         f"### Results of the `{prov.get('profile')}` profile ({setting} setting)",
         "",
         describe_budget(runs, (facts or {}).get(setting), synthetic),
+        "",
+        plateau_sentence(runs),
         "",
         f"Provenance: {stamp}.",
         "",

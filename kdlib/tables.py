@@ -69,6 +69,20 @@ def metric_value(metrics: dict[str, Any], metric: str, level: str = "pooled") ->
     return math.nan if value is None else float(value)
 
 
+def reached_plateau(run: dict[str, Any]) -> bool | None:
+    """Whether a finished run (`load_runs` entry) ended on a plateau: stopped by its patience,
+    or at its cap with its kept (best-validation) epoch at least `patience` epochs before the
+    end. False: it hit the cap still improving, so it answers no question yet. None: it had
+    no stopping rule (patience 0), so a plateau was never asked for."""
+    patience = int(run["config"].get("patience") or 0)
+    metrics = run["metrics"]
+    if patience <= 0 or metrics.get("stopped") not in ("early", "cap"):
+        return None
+    if metrics["stopped"] == "early":
+        return True
+    return int(metrics["epochs_run"]) - int(metrics["best_epoch"]) >= patience
+
+
 def describe_runs(runs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(run, experiments.describe(config)) pairs.
 

@@ -235,3 +235,24 @@ def test_a_headline_only_profile_ran_no_ablation_table_and_its_claims_say_so(stu
            if not any(experiments.row_matches(h, desc) for h in headline)
            and any(experiments.row_matches(row, desc) for row in experiments.thesis_rows(["4.10"]))]
     assert "4.10" not in report.tables_not_run(only_headline + own[:1])
+
+
+def test_a_comparison_with_a_run_still_improving_at_its_cap_is_not_testable(study):
+    """A model that has not converged answers no question: its interval is shown, but the
+    verdict is "not testable here" and the note says which configuration did not settle."""
+    def with_rule(run, stopped, best_epoch):
+        config = dict(run["config"], patience=2)
+        metrics = dict(run["metrics"], stopped=stopped, epochs_run=10, best_epoch=best_epoch)
+        return dict(run, config=config, metrics=metrics)
+
+    corrected = [r for r in study if r["config"]["setting"] == "corrected"]
+    settled = [with_rule(r, "early", 5) for r in corrected]
+    baseline_open = [with_rule(r, "cap", 10) if r["config"]["role"] == "baseline" and r["config"]["model"] == "S1"
+                     else with_rule(r, "early", 5) for r in corrected]
+    before, after = (_rows(claims.claims_table(runs), "1") for runs in (settled, baseline_open))
+    vs_baseline = after["comparison"].str.endswith("S1 baseline")
+    assert (before["verdict"] != "not testable here").all()
+    assert (after[vs_baseline]["verdict"] == "not testable here").all()
+    assert after[vs_baseline]["note"].str.contains("not converged: runs of S1 baseline").all()
+    assert list(after[vs_baseline]["ci_low"]) == list(before[vs_baseline]["ci_low"])  # interval still shown
+    assert list(after[~vs_baseline]["verdict"]) == list(before[~vs_baseline]["verdict"])  # the control row stands

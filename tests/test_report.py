@@ -95,3 +95,16 @@ def test_report_cli(published, tmp_path, capsys):
     empty.mkdir()
     assert main(["report", "--profile", "smoke", "--runs", str(empty), "--out", str(tmp_path)]) == 2
     assert "no run records" in capsys.readouterr().err
+
+
+def test_plateau_sentence_counts_runs_still_improving_per_configuration():
+    def run(name, stopped, best, patience=10):
+        return {"config": {"name": name, "patience": patience},
+                "metrics": {"stopped": stopped, "epochs_run": 50, "best_epoch": best}}
+
+    runs = [run("S1 baseline", "cap", 50), run("S1 baseline", "cap", 30), run("S1 baseline", "early", 20),
+            run("T1", "cap", 45), run("T1", "early", 12)]
+    text = pipeline.plateau_sentence(runs)
+    assert "S1 baseline: 1 of 3" in text and "T1: 1 of 2" in text
+    assert pipeline.plateau_sentence([run("T1", "early", 12)]).startswith("Every run ended on a plateau")
+    assert pipeline.plateau_sentence([run("T1", "cap", 50, patience=0)]) == ""

@@ -327,3 +327,16 @@ def test_teachers_by_fold_names_each_folds_patients_and_how_the_teacher_trained(
     assert first["test Dice"] == pytest.approx(0.61)
     assert first["test Dice, last epoch"] == pytest.approx(0.61 - 0.01)
     assert second["Dice per patient"] == "spleen_8 0.890; spleen_22 0.310"
+
+
+@pytest.mark.parametrize("patience, stopped, epochs_run, best_epoch, expected", [
+    (20, "early", 57, 37, True),      # stopped by its patience
+    (20, "cap", 120, 100, True),      # at the cap, but flat for its last 20 epochs
+    (20, "cap", 120, 101, False),     # at the cap, still improving 19 epochs before the end
+    (20, "cap", 120, 120, False),
+    (0, "cap", 3, 3, None),           # no stopping rule: a plateau was never asked for
+])
+def test_reached_plateau(patience, stopped, epochs_run, best_epoch, expected):
+    run = {"config": {"patience": patience},
+           "metrics": {"stopped": stopped, "epochs_run": epochs_run, "best_epoch": best_epoch}}
+    assert tables.reached_plateau(run) is expected
