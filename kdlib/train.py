@@ -11,8 +11,9 @@ Read it top-down:
    at the next start. Every file is written atomically; `metrics.json` is written last and
    marks completion; a finished run's files are never rewritten.
 3. Early stopping (`patience` > 0, never before `min_epochs`) watches validation Dice; the
-   kept checkpoint is the one with the best validation criterion (the original's: validation loss). `metrics.json` holds
-   the test metrics of that best checkpoint and, under `last_epoch`, of the last epoch's model.
+   kept checkpoint is the one with the best validation criterion (the original's: validation
+   loss). `metrics.json` holds the test metrics of that best checkpoint and, under
+   `last_epoch`, of the last epoch's model.
 4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
    `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
    kept only with `keep_last=True`, which continuing to a higher cap later needs.
@@ -59,6 +60,9 @@ TAP_OF_SCALE = {"E": "enc", "B": "bottleneck", "D": "dec"}
 ROLES = ("teacher", "baseline", "control", "kd")
 # config fields a run folder may be asked for with other values: the cap and the disk policy
 NOT_IDENTITY = ("epochs", "keep_last")
+# fields added after runs were published, with the value older runs had: at that value they
+# stay out of the hash (old run folders keep their names) and fill older config.json files
+ADDED_LATER = {"min_epochs": 0}
 # metrics.json is a finished run's only if it holds all of these
 REQUIRED_METRICS = ("pooled", "per_image", "per_volume", "loss", "best_epoch", "epochs_run",
                     "stopped", "last_epoch", "params", "feature_info")
@@ -139,8 +143,9 @@ class RunConfig:
         """What the run folder's hash covers: the config plus the content of its inputs,
         less what does not change the outcome up to the cap (`epochs`, `keep_last`)."""
         ident = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
-        if not ident["min_epochs"]:  # added later: runs made before it keep their folders
-            del ident["min_epochs"]
+        for name, old_value in ADDED_LATER.items():
+            if ident[name] == old_value:
+                del ident[name]
         ident["cache"] = read_json(Path(self.cache) / "manifest.json").get("fingerprint") or \
             sha256_file(Path(self.cache) / "manifest.json")
         ident["split"] = sha256_file(self.split)
@@ -522,7 +527,7 @@ def should_stop(cfg: RunConfig, history: list[dict[str, Any]]) -> bool:
 
 def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
     mine = json.loads(json.dumps(cfg.to_dict()))
-    stored = {"min_epochs": 0, **stored}  # config.json files from before min_epochs existed
+    stored = {**ADDED_LATER, **stored}
     drop = set(NOT_IDENTITY) | {"provenance"}
     return {k: v for k, v in stored.items() if k not in drop} == \
         {k: v for k, v in mine.items() if k not in drop}
