@@ -102,15 +102,19 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def _fake_project(root: Path, cells: list[str]) -> tuple[Path, Path]:
-    """A notebooks folder with one notebook `01_fake` running `cells`, and a profile `p`."""
+def _fake_project(root: Path, cells: list[str], names: tuple[str, ...] = ("01_fake",),
+                  parameters: str = "profile = ''\nout_dir = ''", common: dict | None = None
+                  ) -> tuple[Path, Path]:
+    """A notebooks folder with notebooks `names`, each declaring `parameters` and running
+    `cells`, and a profile `p` whose common block is `common`."""
     nb_dir = root / "nbs"
     nb_dir.mkdir(parents=True)
-    nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
-    nb.cells = [nbformat.v4.new_code_cell("profile = ''\nout_dir = ''", metadata={"tags": ["parameters"]})]
-    nb.cells += [nbformat.v4.new_code_cell(src) for src in cells]
-    nbformat.write(nb, nb_dir / "01_fake.ipynb")
-    return nb_dir, _write_profile(root / "profiles", {"common": {}})
+    for name in names:
+        nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
+        nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+        nb.cells += [nbformat.v4.new_code_cell(src) for src in cells]
+        nbformat.write(nb, nb_dir / f"{name}.ipynb")
+    return nb_dir, _write_profile(root / "profiles", {"common": common or {}})
 
 
 def _start_cli(root: Path, nb_dir: Path, profiles: Path, out: Path) -> subprocess.Popen:
@@ -254,16 +258,10 @@ def test_bench_smoke_times_each_notebook_and_measures_disk(tmp_path, monkeypatch
 
 def test_a_full_invocation_records_its_commit_times_and_load_beside_the_published_results(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "busy_cores", lambda: 0.25)
-    nb_dir = tmp_path / "nbs"
-    nb_dir.mkdir()
-    for name in ("01_first", "02_second"):
-        nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
-        nb.cells = [nbformat.v4.new_code_cell("profile = ''\nout_dir = ''\npublish_dir = ''",
-                                              metadata={"tags": ["parameters"]}),
-                    nbformat.v4.new_code_cell("x = 1")]
-        nbformat.write(nb, nb_dir / f"{name}.ipynb")
     published = tmp_path / "published"
-    profiles = _write_profile(tmp_path / "profiles", {"common": {"publish_dir": str(published)}})
+    nb_dir, profiles = _fake_project(tmp_path, ["x = 1"], names=("01_first", "02_second"),
+                                     parameters="profile = ''\nout_dir = ''\npublish_dir = ''",
+                                     common={"publish_dir": str(published)})
     runner.run_notebooks("p", out=tmp_path / "out", notebooks_dir=nb_dir, profiles_dir=profiles)
     record = json.loads((published / "invocation.json").read_text())
     assert record == json.loads((tmp_path / "out" / "invocation.json").read_text())
@@ -285,13 +283,7 @@ def test_the_invocation_records_the_code_as_it_was_when_the_run_began(tmp_path, 
     still say the run began on a clean tree."""
     dirty = tmp_path / "dirty"
     monkeypatch.setattr(runner, "code_state", lambda: {"commit": "c" * 40, "clean": not dirty.exists()})
-    nb_dir = tmp_path / "nbs"
-    nb_dir.mkdir()
-    nb = nbformat.v4.new_notebook(metadata=KERNELSPEC)
-    nb.cells = [nbformat.v4.new_code_cell("profile = ''\nout_dir = ''", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(f"open({str(dirty)!r}, 'w').close()")]
-    nbformat.write(nb, nb_dir / "01_only.ipynb")
-    profiles = _write_profile(tmp_path / "profiles", {"common": {}})
+    nb_dir, profiles = _fake_project(tmp_path, [f"open({str(dirty)!r}, 'w').close()"])
     runner.run_notebooks("p", out=tmp_path / "out", notebooks_dir=nb_dir, profiles_dir=profiles)
     assert dirty.exists()
     record = json.loads((tmp_path / "out" / "invocation.json").read_text())
