@@ -177,6 +177,36 @@ def per_patient_points(runs, metric: str = "dice") -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["label", "setting", "patient", "fold", "seed", "value"])
 
 
+CURVE_COLUMNS = ["label", "setting", "fold", "test_patients", "seed", "epoch", "val_dice", "kept", "plateau"]
+
+
+def curve_points(runs) -> pd.DataFrame:
+    """Validation Dice per epoch of the headline configurations (teachers, baselines, KD-off
+    controls and Table 4.2's distilled students): one row per (configuration, fold, seed,
+    epoch), with `kept` marking the epoch whose checkpoint was kept and `plateau` the run's
+    `tables.reached_plateau` (False: it hit its cap still improving). Runs without a
+    `history.csv` beside their record are left out. Same order as `per_patient_points`."""
+    index = RunIndex(runs)
+    headline = {key(_best(t, s)) for t, s in TABLE_4_2}
+    order = {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}
+    records = []
+    for setting, spec in sorted(index.configurations(), key=lambda c: (c[0], order[c[1]["table"]], label(c[1]))):
+        if spec["table"] == "kd" and key(spec) not in headline:
+            continue
+        for (split, seed), run in sorted(index.get(spec, setting).items()):
+            history = Path(run["run_dir"]) / "history.csv"
+            if not history.exists():
+                continue
+            frame = pd.read_csv(history)
+            kept = int(run["metrics"].get("best_epoch") or 0)
+            base = {"label": label(spec), "setting": setting, "fold": Path(split).stem,
+                    "test_patients": " + ".join(case_values(run) or {}), "seed": seed,
+                    "plateau": reached_plateau(run)}
+            records += [{**base, "epoch": int(e), "val_dice": float(v), "kept": int(e) == kept}
+                        for e, v in zip(frame["epoch"], frame["val_dice"])]
+    return pd.DataFrame.from_records(records, columns=CURVE_COLUMNS)
+
+
 def fold_blocks(groups: Sequence[tuple[float, dict[tuple, dict]]], metric: str = "dice"
                 ) -> tuple[list[np.ndarray], str, list[float]]:
     """Per fold (split) that every term ran on: the (seeds x test patients) matrix of

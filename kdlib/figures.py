@@ -6,6 +6,8 @@
                        with `choose_slices` picking slices by a stated rule.
 - `reconstruction_panel` Figures 4.9/4.10: input vs the teacher's reconstruction.
 - `forest_plot`        Dice difference to the baseline with its CI, per configuration.
+- `per_patient_plot`   one dot per test patient and seed, per configuration.
+- `validation_curves`  validation Dice per epoch of every fold and seed, per configuration.
 - `predict_masks`      binary masks of a trained run on uint8 slices (for the panels).
 
 `save_figure(fig, path, provenance)` writes the PNG atomically with a footer naming the
@@ -440,6 +442,52 @@ def per_patient_plot(points, title: str = "", synthetic: bool = False, xlabel: s
     ax.set_title(_title(title or "Per-patient test Dice (bar: mean over patients of their seed-means)",
                         synthetic), fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def validation_curves(points, title: str = "", synthetic: bool = False, ncols: int | None = None):
+    """Small multiples, one panel per configuration: validation Dice against epoch, one line
+    per (fold, seed), coloured by fold (its test patients in the legend), dashed for later
+    seeds. A dot marks the kept checkpoint's epoch; an x ends a run that hit its epoch cap
+    still improving. `points`: the DataFrame of `claims.curve_points`."""
+    plt = _plt()
+    if len(points) == 0:
+        raise DataError("no validation curves to plot", fix="train some runs first (history.csv beside each record)")
+    labels = list(dict.fromkeys(points["label"]))
+    folds = list(dict.fromkeys(points.sort_values("fold", kind="stable")["fold"]))
+    named = {f: points.loc[points["fold"] == f, "test_patients"].iloc[0] for f in folds}
+    colour = {f: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, f in enumerate(folds)}
+    seeds = sorted(set(points["seed"]))
+    style = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}
+    nrows, ncols = _grid(len(labels), ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows + 0.9), squeeze=False)
+    for ax, lab in zip(axes.flat, labels):
+        sub = points[points["label"] == lab]
+        for (fold, seed), run in sub.groupby(["fold", "seed"], sort=True):
+            ax.plot(run["epoch"], run["val_dice"], color=colour[fold], ls=style[seed], lw=1.0)
+            kept = run[run["kept"]]
+            ax.plot(kept["epoch"], kept["val_dice"], "o", color=colour[fold], ms=3.5)
+            if run["plateau"].iloc[0] in (False,):  # False, not None (no stopping rule)
+                ax.plot(run["epoch"].iloc[-1], run["val_dice"].iloc[-1], "x", color="k", ms=6, mew=1.5)
+        ax.set_title(str(lab), fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation Dice")
+        _integer_epochs(ax)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    fold_name = {f: f"fold {f.rsplit('fold', 1)[-1]}" if "fold" in f else f for f in folds}
+    handles = [plt.Line2D([], [], color=colour[f], lw=1.5, label=f"{fold_name[f]}: test {named[f]}") for f in folds]
+    handles += [plt.Line2D([], [], color="0.3", ls=style[s], label=f"seed {s}") for s in seeds]
+    handles += [plt.Line2D([], [], color="0.3", marker="o", ls="", label="kept checkpoint"),
+                plt.Line2D([], [], color="k", marker="x", ls="", label="cap hit, still improving")]
+    height = fig.get_figheight()
+    fig.suptitle(_title(title or "Validation Dice per epoch, every fold and seed", synthetic), fontsize=11,
+                 y=1 - 0.1 / height)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.35 / height),
+               ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.85 / height))
     return fig
 
 

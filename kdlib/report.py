@@ -3,8 +3,10 @@
 `python -m kdlib report --profile real-mini` reads the small records a published profile
 commits (`figures/<profile>/runs/<run>/{config.json, history.csv, metrics.json}` and
 `DATA.json`; no checkpoint, no slice cache) and rewrites `tables/*.{csv,md}` and
-`SUMMARY.md` beside them. The output depends on the records only (no date, no wall time),
-so rerunning it changes no byte. Notebook 05 calls `regenerate` too, so the notebook and
+`SUMMARY.md` beside them, plus `figures/validation_dice_<setting>.png` (every fold's
+validation curves, from the `history.csv` records). The output depends on the records only
+(no date, no wall time: a figure's footer names the newest record's date), so rerunning it
+changes no byte. Notebook 05 calls `regenerate` too, so the notebook and
 the command never diverge.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import claims, experiments, tables
+from . import claims, experiments, figures, tables
 from .errors import DataError
 from .io import read_json
 from .paths import REPO_ROOT, results_dir
@@ -46,7 +48,8 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
                facts: dict[str, Any] | None = None, summary_setting: str = SUMMARY_SETTING,
                readme: bool = False) -> dict[str, Path]:
     """Write the thesis tables, and per setting the ANOVA, configuration summary, paired
-    comparisons and claims, plus SUMMARY.md (for `summary_setting`) under `publish`."""
+    comparisons, claims and validation-curve figure, plus SUMMARY.md (for `summary_setting`)
+    under `publish`."""
     runs = sorted(runs, key=lambda r: Path(r["run_dir"]).name)
     folder = Path(publish) / "tables"
     synthetic = tables.is_synthetic(runs)
@@ -66,11 +69,31 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
                          (f"paired_{setting}", claims.paired_comparisons(mine)),
                          (f"claims_{setting}", claims_of[setting])):
             written[name] = tables.write_table(df, folder, name, synthetic)[1]
+        points = claims.curve_points(mine)
+        if len(points):
+            written[f"validation_dice_{setting}"] = _save_curves(points, Path(publish), setting, profile, data,
+                                                                   mine, synthetic)
     if summary_setting in claims_of:
         written["SUMMARY"] = write_summary(Path(publish), cached, claims_of[summary_setting],
                                            record_provenance(profile, data, runs), summary_setting, synthetic,
                                            readme=readme, facts=facts)
     return written
+
+
+def _save_curves(points, publish: Path, setting: str, profile: str, data: str, runs, synthetic: bool) -> Path:
+    """The validation-curve figure, footed with the records' own commits and newest date."""
+    import matplotlib.pyplot as plt
+
+    prov = record_provenance(profile, data, runs)
+    dates = [str((r["config"].get("provenance") or {}).get("date", "")) for r in runs]
+    footer = {"profile": profile, "data": data, "commit": prov["trained at commit(s)"],
+              "date": max(dates) or "unknown", "synthetic": synthetic}
+    fig = figures.validation_curves(points, synthetic=synthetic,
+                                    title=f"Validation Dice per epoch, every fold and seed ({setting})")
+    try:
+        return figures.save_figure(fig, publish / "figures" / f"validation_dice_{setting}.png", footer)
+    finally:
+        plt.close(fig)
 
 
 def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str | Path | None

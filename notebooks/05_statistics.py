@@ -47,10 +47,11 @@
 # against our KD-off control (the distilled students' RMSprop recipe without a teacher), which
 # isolates distillation from the optimiser.
 #
-# The tables and `SUMMARY.md` are written by `kdlib.report.regenerate` from the run records alone,
-# the same function as `python -m kdlib report --profile NAME`: the notebook and the command agree
-# byte for byte. A published profile (`publish_dir` set) also publishes the small run records
-# (config.json, history.csv, metrics.json; never checkpoints) under `<publish_dir>/runs/`.
+# The tables, `SUMMARY.md` and the validation-curve figure are written by `kdlib.report.regenerate`
+# from the run records alone, the same function as `python -m kdlib report --profile NAME`: the
+# notebook and the command agree byte for byte. A published profile (`publish_dir` set) also
+# publishes the small run records (config.json, history.csv, metrics.json; never checkpoints)
+# under `<publish_dir>/runs/`.
 #
 # - Defaults: the **smoke** profile (SYNTHETIC data) — verdicts from it mean nothing about the thesis.
 # - Thesis scale on a GPU: `python -m kdlib run --profile thesis --data /path/to/Task09_Spleen`.
@@ -68,7 +69,7 @@ update_readme: bool = False  # real-mini: write the headline and claims tables i
 # %matplotlib inline
 import time
 
-from IPython.display import Markdown, display
+from IPython.display import Image, Markdown, display
 
 from kdlib import claims, experiments, figures, pipeline, report, train, viewer
 from kdlib.data import SliceCache, load_split
@@ -112,6 +113,16 @@ points = claims.per_patient_points(runs)
 if len(points):
     fig = figures.per_patient_plot(points, synthetic=synthetic)
     figures.save_figure(fig, publish / "figures" / f"per_patient_dice_{setting}.png", prov)
+
+# %% [markdown]
+# ## Validation Dice per epoch: every fold and seed of the teachers and the Table 4.2 students
+# How each model trained, from its `history.csv`: a dot marks the kept checkpoint's epoch, an x a
+# run that hit its epoch cap still improving (comparisons resting on it are "not testable here").
+
+# %%
+curves = written.get(f"validation_dice_{setting}")
+if curves:
+    display(Image(filename=str(curves)))
 
 # %% [markdown]
 # ## Distilled students against their baseline and their KD-off control, and the forest plot

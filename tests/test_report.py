@@ -108,3 +108,52 @@ def test_plateau_sentence_counts_runs_still_improving_per_configuration():
     assert "S1 baseline: 1 of 3" in text and "T1: 1 of 2" in text
     assert pipeline.plateau_sentence([run("T1", "early", 12)]).startswith("Every run ended on a plateau")
     assert pipeline.plateau_sentence([run("T1", "cap", 50, patience=0)]) == ""
+
+
+def test_validation_curves_come_from_the_records_of_the_headline_configurations(published, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from kdlib import claims, figures
+    from kdlib.train import load_runs
+
+    _, publish = published
+    records = tmp_path / "runs"
+    shutil.copytree(publish / "runs", records)
+    # one S1 baseline hit its cap still improving (kept epoch within patience of the end)
+    target = next(p for p in sorted(records.iterdir())
+                  if p.is_dir() and json.loads((p / "config.json").read_text())["name"] == "S1 baseline")
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "patience": 5}))
+    metrics = json.loads((target / "metrics.json").read_text())
+    epochs = len(pd.read_csv(target / "history.csv"))
+    metrics.update(stopped="cap", epochs_run=epochs, best_epoch=epochs - 1)
+    (target / "metrics.json").write_text(json.dumps(metrics))
+    (next(p for p in records.iterdir() if p.name.startswith("s2-baseline")) / "history.csv").unlink()
+
+    runs = load_runs(records)
+    points = claims.curve_points(runs)
+    kd_labels = {lab for lab in points["label"] if lab.startswith("KD(")}
+    assert kd_labels == {"KD(T1,S1) B->B+PMD", "KD(T1,S2) B->B+PMD", "KD(T2,S1) E->E+PMD", "KD(T2,S2) B->B+PMD"}
+    assert {"S1 baseline", "S1 control (KD recipe, no teacher)"} <= set(points["label"])
+    per_run = points.groupby(["label", "fold", "seed"])
+    assert (per_run["kept"].sum() == 1).all()  # exactly one kept epoch per run
+    assert per_run.ngroups == sum(1 for _ in per_run)
+    mine = points[(points["fold"] == Path(config["split"]).stem) & (points["seed"] == config["seed"])
+                  & (points["label"] == "S1 baseline")]
+    assert mine["val_dice"].tolist() == pytest.approx(pd.read_csv(target / "history.csv")["val_dice"].tolist())
+    assert mine.loc[mine["kept"], "epoch"].tolist() == [epochs - 1]
+    plateau = points.drop_duplicates(["label", "fold", "seed"]).set_index(["label", "fold", "seed"])["plateau"]
+    assert (plateau == False).sum() == 1  # noqa: E712 - the one run made to hit its cap
+    assert plateau.isna().sum() == len(plateau) - 1  # the others had no stopping rule
+    s2 = points[points["label"] == "S2 baseline"].drop_duplicates(["fold", "seed"])
+    assert len(s2) == 3  # 2 folds x 2 seeds, less the run whose history.csv is gone
+
+    fig = figures.validation_curves(points)
+    assert sum(ax.get_visible() for ax in fig.axes) == points["label"].nunique()
+    written = report.report("smoke", runs_dir=records, publish_dir=tmp_path / "out")
+    assert written["validation_dice_corrected"].exists()
+    with pytest.raises(Exception, match="no validation curves"):
+        figures.validation_curves(points.iloc[0:0])
