@@ -25,6 +25,15 @@ def results_dir(profile: str, out: str | Path | None = None) -> Path:
     return REPO_ROOT / "results" / profile
 
 
+def publish_path(publish_dir: str | Path | None) -> Path | None:
+    """A profile's `publish_dir` (relative to the repository, e.g. figures/real-mini) as an
+    absolute folder; None when the profile publishes nothing."""
+    if not publish_dir:
+        return None
+    path = Path(publish_dir).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def resolve_data(spec: str | Path) -> Path:
     """Resolve a data path; `shared:<sub>` means a folder below the shared real-data folder."""
     text = str(spec)

@@ -17,7 +17,7 @@ from . import experiments
 from .data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
 from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text, read_json
-from .paths import REPO_ROOT, resolve_data, results_dir
+from .paths import REPO_ROOT, publish_path, resolve_data, results_dir
 from .progress import bar
 from .train import RunConfig, is_finished, train
 
@@ -212,7 +212,7 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None) ->
 def publish_folder(out: Path, publish_dir: str = "") -> Path:
     """Where a notebook writes its tables and figures: `<out>` or a repo folder (real-mini
     commits its results under figures/real-mini)."""
-    folder = (REPO_ROOT / publish_dir) if publish_dir else out
+    folder = publish_path(publish_dir) or out
     (folder / "tables").mkdir(parents=True, exist_ok=True)
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     return folder

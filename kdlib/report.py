@@ -17,7 +17,7 @@ from typing import Any
 from . import claims, experiments, figures, tables
 from .errors import DataError
 from .io import read_json
-from .paths import REPO_ROOT, results_dir
+from .paths import publish_path, results_dir
 from .pipeline import DATA_FACTS, write_summary
 
 SUMMARY_SETTING = "corrected"
@@ -101,8 +101,7 @@ def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str |
     from .runner import load_profile
 
     common = (load_profile(profile) or {}).get("common") or {}
-    publish = Path(publish_dir) if publish_dir else (
-        REPO_ROOT / common["publish_dir"] if common.get("publish_dir") else results_dir(profile))
+    publish = Path(publish_dir) if publish_dir else (publish_path(common.get("publish_dir")) or results_dir(profile))
     if runs_dir:
         runs = Path(runs_dir)
     elif (publish / "runs").is_dir():

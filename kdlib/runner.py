@@ -28,7 +28,7 @@ from . import threads
 from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text
 from .locks import folder_lock
-from .paths import NOTEBOOKS_DIR, PROFILES_DIR, REPO_ROOT, results_dir
+from .paths import NOTEBOOKS_DIR, PROFILES_DIR, publish_path, results_dir
 from .provenance import code_state
 
 PARTIAL_SUFFIX = ".partial.ipynb"
@@ -246,7 +246,7 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
 
 def _publish_dir(params: dict[str, dict[str, Any]]) -> Path | None:
     named = {p.get("publish_dir") for p in params.values()} - {None, ""}
-    return REPO_ROOT / named.pop() if len(named) == 1 else None
+    return publish_path(named.pop()) if len(named) == 1 else None
 
 
 def invocation_record(profile: str, started: float, seconds: dict[str, float],

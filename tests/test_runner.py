@@ -266,7 +266,8 @@ def test_a_full_invocation_records_its_commit_times_and_load_beside_the_publishe
     record = json.loads((published / "invocation.json").read_text())
     assert record == json.loads((tmp_path / "out" / "invocation.json").read_text())
     assert list(record["notebooks_s"]) == ["01_first", "02_second"]
-    assert record["wall_s"] >= sum(record["notebooks_s"].values())
+    # each time is rounded to 0.1 s on its own: the rounded parts may exceed the rounded whole
+    assert record["wall_s"] >= sum(record["notebooks_s"].values()) - 0.05 * (len(record["notebooks_s"]) + 1)
     assert record["busy_cores_at_start"] == 0.25 and record["profile"] == "p"
     assert len(record["commit"]) in (40, len("unknown"))
     text = (published / "PROVENANCE.md").read_text()
