@@ -309,6 +309,13 @@ VERDICT_DEFINITIONS = (
     "(`criterion`). `consistent_with_thesis`: whether the thesis's own effect lies inside our CI.")
 
 
+def _kept_rule(runs: list[dict[str, Any]]) -> str:
+    """What picked the kept checkpoints, from the runs' configs (older records: the loss)."""
+    chosen = {r["config"].get("select_on", "loss") for r in runs}
+    return {frozenset({"loss"}): "validation loss", frozenset({"dice"}): "validation Dice"}.get(
+        frozenset(chosen), "validation loss or Dice (see each run's config.json)")
+
+
 def _epochs(runs: list[dict[str, Any]], roles: tuple[str, ...]) -> tuple[str, int]:
     """How long the runs of `roles` trained, in words, and their largest cap (0: none)."""
     chosen = [r for r in runs if r["config"].get("role") in roles and r["config"].get("epochs")]
@@ -401,7 +408,7 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
         "",
         f"Provenance: {stamp}.",
         "",
-        "Teachers, one row per fold (test Dice of the kept checkpoint, selected on validation loss, "
+        f"Teachers, one row per fold (test Dice of the kept checkpoint, selected on {_kept_rule(runs)}, "
         "and of the last epoch):",
         "",
         tables.to_markdown(tables.teachers_by_fold(runs)),

@@ -11,8 +11,9 @@ Read it top-down:
    at the next start. Every file is written atomically; `metrics.json` is written last and
    marks completion; a finished run's files are never rewritten.
 3. Early stopping (`patience` > 0, never before `min_epochs`) watches validation Dice; the
-   kept checkpoint is the one with the best validation criterion (the original's: validation
-   loss). `metrics.json` holds the test metrics of that best checkpoint and, under
+   kept checkpoint is the one with the best validation criterion: `select_on="loss"` (the
+   original's validation loss, the default) or `"dice"` (validation Dice, the quantity the
+   stopping rule watches, so both rules agree). `metrics.json` holds the test metrics of that best checkpoint and, under
    `last_epoch`, of the last epoch's model.
 4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
    `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
@@ -62,7 +63,10 @@ ROLES = ("teacher", "baseline", "control", "kd")
 NOT_IDENTITY = ("epochs", "keep_last")
 # fields added after runs were published, with the value older runs had: at that value they
 # stay out of the hash (old run folders keep their names) and fill older config.json files
-ADDED_LATER = {"min_epochs": 0}
+ADDED_LATER = {"min_epochs": 0, "select_on": "loss"}
+# what picks the kept checkpoint on the selection set: the original's loss (teachers seg +
+# recon, students seg loss), or Dice, the quantity early stopping watches and tables report
+SELECT_ON = ("loss", "dice")
 # metrics.json is a finished run's only if it holds all of these
 REQUIRED_METRICS = ("pooled", "per_image", "per_volume", "loss", "best_epoch", "epochs_run",
                     "stopped", "last_epoch", "params", "feature_info")
@@ -96,6 +100,7 @@ class RunConfig:
     kd: dict[str, Any] | None = None  # losses.KDConfig.to_dict() (kd only)
     threshold: str = "prob"        # prob (sigmoid > 0.5) | logit (faithful: logit > 0.5)
     selection: str = "val"         # val | test (faithful: the original selected on the test set)
+    select_on: str = "loss"        # loss | dice: which of the selection set's numbers keeps a checkpoint
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"        # auto | fp32 | bf16 (autocast); auto is resolved on creation
     setting: str = "corrected"     # corrected | faithful: which reading of the thesis
@@ -108,7 +113,7 @@ class RunConfig:
         checks = {
             "role": ROLES, "loss": ("dice", "dice_bce"),
             "optimizer": ("adamw", "rmsprop"), "threshold": ("prob", "logit"),
-            "selection": ("val", "test"), "precision": ("fp32", "bf16"),
+            "selection": ("val", "test"), "select_on": SELECT_ON, "precision": ("fp32", "bf16"),
             "setting": ("corrected", "faithful"), "train_subset": ("train", "student_train"),
             "weights_dtype": ("fp32", "fp16"), "keep_last": (True, False),
         }
@@ -654,8 +659,11 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         val = evaluate_model(model, select_data, cfg.threshold, dev, precision=cfg.precision,
                              with_recon=cfg.role == "teacher",
                              seg_loss="dice" if cfg.role == "kd" else cfg.loss)
-        # selection criterion as the original: teachers seg+recon loss, students seg loss
-        criterion = val["loss"] + val.get("recon_loss", 0.0)
+        # lower is better: the original's loss (teachers seg + recon, students seg loss), or
+        # 1 - Dice, which agrees with the early-stopping rule (a distilled student's soft
+        # Dice loss can keep falling while its thresholded Dice falls from its peak)
+        criterion = val["loss"] + val.get("recon_loss", 0.0) if cfg.select_on == "loss" else \
+            1.0 - float(val["pooled"]["dice"])
         row.update({"val_loss": val["loss"], "val_dice": val["pooled"]["dice"],
                     "val_iou": val["pooled"]["iou"], "val_criterion": criterion,
                     "seconds": time.time() - started})

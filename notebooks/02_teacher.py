@@ -19,7 +19,8 @@
 #
 # Trains the three teachers as the original did (Dice+BCE, plus 0.2 x reconstruction MSE for
 # the multi-task teachers; AdamW 1e-4, betas (0.9, 0.95), weight decay 0.05, batch 8) and keeps
-# the checkpoint with the best validation loss. Regenerates Figure 4.1 (curves), Figures 4.9
+# the checkpoint with the best validation loss (with `select_on: dice`, the best validation Dice,
+# the quantity early stopping watches). Regenerates Figure 4.1 (curves), Figures 4.9
 # and 4.10 (reconstructions and segmentations) and Table 4.1.
 #
 # - Defaults: the **smoke** profile (SYNTHETIC data, 64x64, 2 epochs) — numbers are not comparable to the thesis.
@@ -42,6 +43,7 @@ epochs: int = 2  # the cap on epochs (the thesis: 200)
 patience: int = 0  # early stopping on validation Dice: epochs without improvement (0: off)
 min_delta: float = 0.0  # a validation-Dice gain must exceed this to count as an improvement
 min_epochs: int = 0  # no early stop before this many epochs
+select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
 keep_last: bool = False  # keep the last state of each run (optimiser included) to continue it later
 batch_size: int = 8
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16), fp32 elsewhere
@@ -71,13 +73,14 @@ print("training plan:", plan, "| folds:", len(prepared[setting]["splits"]))
 # %%
 registry = pipeline.train_teachers(out, plan, epochs=epochs, batch_size=batch_size,
                                    precision=precision, device=device or None, patience=patience,
-                                   min_delta=min_delta, min_epochs=min_epochs, keep_last=keep_last)
+                                   min_delta=min_delta, min_epochs=min_epochs, keep_last=keep_last,
+                                   select_on=select_on)
 runs = [r for r in train.load_runs(out / "runs") if r["config"]["role"] == "teacher"]
 prov = pipeline.provenance(profile, data, started)
 
 # %% [markdown]
 # ## How each teacher trained: epochs run, why it stopped, best against last epoch
-# Test Dice of the kept checkpoint (best validation loss) beside that of the last epoch's model,
+# Test Dice of the kept checkpoint (best validation loss, or Dice with `select_on: dice`) beside that of the last epoch's model,
 # so that a selection effect or a late collapse stays visible.
 
 # %%

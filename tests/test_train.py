@@ -255,6 +255,36 @@ def test_no_early_stop_before_min_epochs(tiny, tmp_path):
         _baseline(tiny, epochs=10, min_epochs=-1)
 
 
+@pytest.mark.parametrize("select_on, kept", [("loss", 4), ("dice", 2)])
+def test_the_kept_checkpoint_is_the_best_epoch_of_the_chosen_validation_number(tiny, tmp_path, monkeypatch,
+                                                                                select_on, kept):
+    # scripted validation numbers that disagree, as a distilled student's did on real CT: the
+    # soft Dice loss keeps falling (best at epoch 4) while the thresholded Dice peaks at epoch 2
+    script = iter([(0.9, 0.30), (0.8, 0.70), (0.7, 0.50), (0.6, 0.40)])
+    real = train.evaluate_model
+
+    def scripted(model, data, *args, **kwargs):
+        result = real(model, data, *args, **kwargs)
+        if "seg_loss" in kwargs:  # the per-epoch validation call (the test calls pass through)
+            loss, dice = next(script)
+            result = {**result, "loss": loss, "pooled": {**result["pooled"], "dice": dice}}
+        return result
+
+    monkeypatch.setattr(train, "evaluate_model", scripted)
+    run = train.train(_baseline(tiny, epochs=4, select_on=select_on), tmp_path, progress=False)
+    assert _metrics(run)["best_epoch"] == kept
+    history = train.load_history(run)
+    expected = history["val_loss"] if select_on == "loss" else 1.0 - history["val_dice"]  # lower is better
+    assert history["val_criterion"].tolist() == pytest.approx(expected.tolist())
+    # the original's rule keeps the old folder names; the other is its own configuration
+    assert ("select_on" in _baseline(tiny, select_on=select_on).identity()) == (select_on == "dice")
+
+
+def test_select_on_rejects_unknown_values(tiny):
+    with pytest.raises(train.ConfigError, match="select_on"):
+        _baseline(tiny, select_on="iou")
+
+
 def test_continue_to_a_higher_cap_equals_a_straight_run(tiny, tmp_path):
     straight = train.train(_baseline(tiny, epochs=3), tmp_path / "straight", progress=False)
     short = train.train(_baseline(tiny, epochs=2, keep_last=True), tmp_path / "cont", progress=False)
