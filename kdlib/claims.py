@@ -177,7 +177,8 @@ def per_patient_points(runs, metric: str = "dice") -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["label", "setting", "patient", "fold", "seed", "value"])
 
 
-CURVE_COLUMNS = ["label", "setting", "fold", "test_patients", "seed", "epoch", "val_dice", "kept", "plateau"]
+CURVE_COLUMNS = ["label", "setting", "fold", "test_patients", "seed", "epoch", "val_dice", "kept", "plateau",
+                 "test_dice", "test_dice_last"]
 
 
 def curve_points(runs) -> pd.DataFrame:
@@ -201,10 +202,34 @@ def curve_points(runs) -> pd.DataFrame:
             kept = int(run["metrics"].get("best_epoch") or 0)
             base = {"label": label(spec), "setting": setting, "fold": Path(split).stem,
                     "test_patients": " + ".join(case_values(run) or {}), "seed": seed,
-                    "plateau": reached_plateau(run)}
+                    "plateau": reached_plateau(run), "test_dice": pooled_value(run),
+                    "test_dice_last": pooled_value(run, block="last_epoch")}
             records += [{**base, "epoch": int(e), "val_dice": float(v), "kept": int(e) == kept}
                         for e, v in zip(frame["epoch"], frame["val_dice"])]
     return pd.DataFrame.from_records(records, columns=CURVE_COLUMNS)
+
+
+def selection_table(points) -> pd.DataFrame:
+    """How the kept checkpoint relates to each run's validation curve, per configuration
+    (from `curve_points`): mean validation Dice at the kept epoch and at the run's best
+    epoch, the gap between them, and mean pooled test Dice of the kept checkpoint and of
+    the last epoch. A large gap means the selection rule kept a checkpoint the stopping rule
+    (which watches validation Dice) would not have."""
+    columns = ["configuration", "setting", "runs", "val Dice, kept", "val Dice, best epoch", "gap",
+               "largest gap", "test Dice, kept", "test Dice, last epoch"]
+    if len(points) == 0:
+        return pd.DataFrame(columns=columns)
+    per_run = points.groupby(["setting", "label", "fold", "seed"], sort=False).agg(
+        kept=("val_dice", lambda v: float(v[points.loc[v.index, "kept"]].max())),
+        best=("val_dice", "max"), test=("test_dice", "first"), last=("test_dice_last", "first"))
+    per_run["gap"] = per_run["best"] - per_run["kept"]
+    rows = []
+    for (setting, lab), g in per_run.groupby(level=["setting", "label"], sort=False):
+        rows.append({"configuration": lab, "setting": setting, "runs": len(g), "val Dice, kept": g["kept"].mean(),
+                     "val Dice, best epoch": g["best"].mean(), "gap": g["gap"].mean(),
+                     "largest gap": g["gap"].max(), "test Dice, kept": g["test"].mean(),
+                     "test Dice, last epoch": g["last"].mean()})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def fold_blocks(groups: Sequence[tuple[float, dict[tuple, dict]]], metric: str = "dice"

@@ -70,6 +70,8 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
                          (f"claims_{setting}", claims_of[setting])):
             written[name] = tables.write_table(df, folder, name, synthetic)[1]
         points = claims.curve_points(mine)
+        written[f"selection_{setting}"] = tables.write_table(claims.selection_table(points), folder,
+                                                             f"selection_{setting}", synthetic)[1]
         if len(points):
             written[f"validation_dice_{setting}"] = _save_curves(points, Path(publish), setting, profile, data,
                                                                    mine, synthetic)

@@ -118,11 +118,14 @@ if len(points):
 # ## Validation Dice per epoch: every fold and seed of the teachers and the Table 4.2 students
 # How each model trained, from its `history.csv`: a dot marks the kept checkpoint's epoch, an x a
 # run that hit its epoch cap still improving (comparisons resting on it are "not testable here").
+# The table below sets the kept checkpoint's validation Dice against each run's best epoch: a gap
+# means the selection rule (`select_on`) kept a checkpoint that the stopping rule would not have.
 
 # %%
 curves = written.get(f"validation_dice_{setting}")
 if curves:
     display(Image(filename=str(curves)))
+display(Markdown(written[f"selection_{setting}"].read_text()))
 
 # %% [markdown]
 # ## Distilled students against their baseline and their KD-off control, and the forest plot

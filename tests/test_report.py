@@ -157,3 +157,22 @@ def test_validation_curves_come_from_the_records_of_the_headline_configurations(
     assert written["validation_dice_corrected"].exists()
     with pytest.raises(Exception, match="no validation curves"):
         figures.validation_curves(points.iloc[0:0])
+
+
+def test_selection_table_hand_values():
+    import pandas as pd
+
+    from kdlib import claims
+
+    def run(fold, seed, dice, kept, test, last):
+        return [{"label": "A", "setting": "corrected", "fold": fold, "test_patients": "p", "seed": seed,
+                 "epoch": e + 1, "val_dice": d, "kept": e + 1 == kept, "plateau": True,
+                 "test_dice": test, "test_dice_last": last} for e, d in enumerate(dice)]
+
+    points = pd.DataFrame(run("f0", 1, [0.2, 0.8, 0.5], 3, 0.6, 0.7) + run("f1", 1, [0.4, 0.6], 2, 0.5, 0.5))
+    row = claims.selection_table(points).iloc[0]
+    assert row["runs"] == 2
+    assert row["val Dice, kept"] == pytest.approx(0.55) and row["val Dice, best epoch"] == pytest.approx(0.7)
+    assert row["gap"] == pytest.approx(0.15) and row["largest gap"] == pytest.approx(0.3)
+    assert row["test Dice, kept"] == pytest.approx(0.55) and row["test Dice, last epoch"] == pytest.approx(0.6)
+    assert claims.selection_table(points.iloc[0:0]).empty
