@@ -176,3 +176,13 @@ def test_selection_table_hand_values():
     assert row["gap"] == pytest.approx(0.15) and row["largest gap"] == pytest.approx(0.3)
     assert row["test Dice, kept"] == pytest.approx(0.55) and row["test Dice, last epoch"] == pytest.approx(0.6)
     assert claims.selection_table(points.iloc[0:0]).empty
+
+
+@pytest.mark.parametrize("rules, text", [
+    ([None, "loss"], "validation loss"),  # records made before select_on existed used the loss
+    (["dice", "dice"], "validation Dice"),
+    (["loss", "dice"], "validation loss or Dice (see each run's config.json)"),
+])
+def test_summary_names_the_rule_that_kept_the_checkpoints(rules, text):
+    runs = [{"config": {} if rule is None else {"select_on": rule}} for rule in rules]
+    assert pipeline._kept_rule(runs) == text
