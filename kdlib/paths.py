@@ -34,6 +34,34 @@ def publish_path(publish_dir: str | Path | None) -> Path | None:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def stale_records(out: str | Path, publish: str | Path | None) -> list[str]:
+    """Run folders under `<publish>/runs` and `<publish>/models` that the results folder `out`
+    did not make (an earlier invocation's): publishing beside them would mix two runs in one
+    table. Empty when nothing is published or everything there is `out`'s."""
+    if publish is None:
+        return []
+    runs = Path(out) / "runs"
+    mine = {p.name for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()
+    found = []
+    for sub in ("runs", "models"):
+        folder = Path(publish) / sub
+        if folder.is_dir():
+            found += [f"{sub}/{p.name}" for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in mine]
+    return found
+
+
+def check_no_stale_records(out: str | Path, publish: str | Path | None) -> None:
+    """One clear error before a profile publishes beside another invocation's records."""
+    from .errors import KdlibError
+
+    stale = stale_records(out, publish)
+    if stale:
+        raise KdlibError(f"the publish folder holds {len(stale)} run records that this results folder did not "
+                         f"make (e.g. {stale[0]}): another invocation's, which would be mixed into its tables",
+                         publish, "move them away first (e.g. `git mv figures/real-mini "
+                         "figures/real-mini-<commit>`), or publish elsewhere")
+
+
 def resolve_data(spec: str | Path) -> Path:
     """Resolve a data path; `shared:<sub>` means a folder below the shared real-data folder."""
     text = str(spec)

@@ -17,7 +17,7 @@ from . import experiments
 from .data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
 from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text, read_json
-from .paths import REPO_ROOT, publish_path, resolve_data, results_dir
+from .paths import REPO_ROOT, check_no_stale_records, publish_path, resolve_data, results_dir
 from .progress import bar
 from .train import RunConfig, is_finished, train
 
@@ -249,6 +249,7 @@ def publish_runs(out: Path, publish: Path) -> Path:
     from .io import atomic_write_bytes
     from .train import load_runs
 
+    check_no_stale_records(out, publish)
     target = publish / "runs"
     for run in load_runs(out / "runs"):
         source = Path(run["run_dir"])

@@ -28,7 +28,7 @@ from . import threads
 from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text
 from .locks import folder_lock
-from .paths import NOTEBOOKS_DIR, PROFILES_DIR, publish_path, results_dir
+from .paths import NOTEBOOKS_DIR, PROFILES_DIR, check_no_stale_records, publish_path, results_dir
 from .provenance import code_state
 
 PARTIAL_SUFFIX = ".partial.ipynb"
@@ -209,6 +209,7 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
                                  out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KdlibError("the output folder is a file", out_dir, "choose a folder for --out")
+    check_no_stale_records(out_dir, _publish_dir(params))  # before hours of training, not after
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(folder_lock(out_dir))

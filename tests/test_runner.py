@@ -290,3 +290,17 @@ def test_the_invocation_records_the_code_as_it_was_when_the_run_began(tmp_path, 
     record = json.loads((tmp_path / "out" / "invocation.json").read_text())
     assert record["clean"] is True and record["commit"] == "c" * 40
     assert "a clean tree when it started" in runner.provenance_markdown(record)
+
+
+def test_an_invocation_refuses_to_publish_beside_another_invocations_records(tmp_path):
+    """Checked before any notebook runs: found only at notebook 05, hours of training would
+    end in an error (or, before this check, in tables that mixed two invocations' runs)."""
+    published = tmp_path / "published"
+    (published / "runs" / "t1-s42-older").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    nb_dir, profiles = _fake_project(tmp_path, [f"open({str(ran)!r}, 'w').close()"],
+                                     parameters="profile = ''\nout_dir = ''\npublish_dir = ''",
+                                     common={"publish_dir": str(published)})
+    with pytest.raises(runner.KdlibError, match="runs/t1-s42-older"):
+        runner.run_notebooks("p", out=tmp_path / "out", notebooks_dir=nb_dir, profiles_dir=profiles)
+    assert not ran.exists()
