@@ -162,14 +162,21 @@ def case_values(run: dict[str, Any], metric: str = "dice") -> dict[str, float] |
     return out
 
 
+SUMMARY_ORDER = {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}  # teachers, baselines, controls, KD
+
+
+def _in_summary_order(index: RunIndex) -> list[tuple[str, Spec]]:
+    """(setting, configuration) pairs by setting, then teachers, baselines, controls, KD."""
+    return sorted(index.configurations(), key=lambda c: (c[0], SUMMARY_ORDER[c[1]["table"]], label(c[1])))
+
+
 def per_patient_points(runs, metric: str = "dice") -> pd.DataFrame:
     """One row per (configuration, test patient, seed): the run's per-volume `metric`, for a
     plot that shows the spread behind every mean. Columns: label, setting, patient, fold,
     seed, value; configurations in the summary's order (teachers, baselines, controls, KD)."""
     index = RunIndex(runs)
-    order = {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}
     records = []
-    for setting, spec in sorted(index.configurations(), key=lambda c: (c[0], order[c[1]["table"]], label(c[1]))):
+    for setting, spec in _in_summary_order(index):
         for (split, seed), run in sorted(index.get(spec, setting).items()):
             for patient, value in sorted((case_values(run, metric) or {}).items()):
                 records.append({"label": label(spec), "setting": setting, "patient": patient,
@@ -189,9 +196,8 @@ def curve_points(runs) -> pd.DataFrame:
     `history.csv` beside their record are left out. Same order as `per_patient_points`."""
     index = RunIndex(runs)
     headline = {key(_best(t, s)) for t, s in TABLE_4_2}
-    order = {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}
     records = []
-    for setting, spec in sorted(index.configurations(), key=lambda c: (c[0], order[c[1]["table"]], label(c[1]))):
+    for setting, spec in _in_summary_order(index):
         if spec["table"] == "kd" and key(spec) not in headline:
             continue
         for (split, seed), run in sorted(index.get(spec, setting).items()):
@@ -219,9 +225,10 @@ def selection_table(points) -> pd.DataFrame:
                "largest gap", "test Dice, kept", "test Dice, last epoch"]
     if len(points) == 0:
         return pd.DataFrame(columns=columns)
-    per_run = points.groupby(["setting", "label", "fold", "seed"], sort=False).agg(
-        kept=("val_dice", lambda v: float(v[points.loc[v.index, "kept"]].max())),
+    run_keys = ["setting", "label", "fold", "seed"]
+    per_run = points.groupby(run_keys, sort=False).agg(
         best=("val_dice", "max"), test=("test_dice", "first"), last=("test_dice_last", "first"))
+    per_run["kept"] = points[points["kept"]].groupby(run_keys)["val_dice"].max()  # NaN: no kept epoch
     per_run["gap"] = per_run["best"] - per_run["kept"]
     rows = []
     for (setting, lab), g in per_run.groupby(level=["setting", "label"], sort=False):

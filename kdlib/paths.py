@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import KdlibError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PROFILES_DIR = NOTEBOOKS_DIR / "profiles"
@@ -52,8 +54,6 @@ def stale_records(out: str | Path, publish: str | Path | None) -> list[str]:
 
 def check_no_stale_records(out: str | Path, publish: str | Path | None) -> None:
     """One clear error before a profile publishes beside another invocation's records."""
-    from .errors import KdlibError
-
     stale = stale_records(out, publish)
     if stale:
         raise KdlibError(f"the publish folder holds {len(stale)} run records that this results folder did not "

@@ -13,8 +13,8 @@ Read it top-down:
 3. Early stopping (`patience` > 0, never before `min_epochs`) watches validation Dice; the
    kept checkpoint is the one with the best validation criterion: `select_on="loss"` (the
    original's validation loss, the default) or `"dice"` (validation Dice, the quantity the
-   stopping rule watches, so both rules agree). `metrics.json` holds the test metrics of that best checkpoint and, under
-   `last_epoch`, of the last epoch's model.
+   stopping rule watches, so both rules agree). `metrics.json` holds the test metrics of
+   that best checkpoint and, under `last_epoch`, of the last epoch's model.
 4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
    `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
    kept only with `keep_last=True`, which continuing to a higher cap later needs.
