@@ -1,11 +1,16 @@
 """The thesis's claims, each with the rows it rests on and the sentence it tests; verdicts
-from our runs; the thesis's ANOVA; per-configuration summaries and paired comparisons.
+from our runs in two framings; the thesis's ANOVA; per-configuration summaries, paired
+comparisons and the power each claim row would need.
 
-All inference (the interval, p, verdicts, power) is `kdlib.stats`; this module only says
-which runs each comparison uses. The unit is the test patient (`stats.nested_interval`):
-per fold, the matrix of (shared seeds x that fold's test patients) of the contrast
-sum(coef * per-volume Dice). Runs without per-volume results fall back to pooled Dice with
-the fold's test set as one unit.
+All inference (intervals, p, Holm, verdicts, variance components, power) is `kdlib.stats`;
+this module only says which runs each comparison uses (`kdlib.records` reads them). The unit
+is the test patient: per fold, the matrix of (shared seeds x that fold's test patients) of
+the contrast sum(coef * per-volume Dice). Runs without per-volume results fall back to
+pooled Dice with the fold's test set as one unit.
+
+Two framings, reported side by side and never mixed (`stats` module docstring):
+``population`` (new patients: folds, patients and seeds random) and ``these-patients``
+(these test patients held fixed: is the difference larger than seed-to-seed noise?).
 
 A configuration is named by the thesis's columns (teacher, student, loss, scales in the
 thesis's order, PMD, data fraction; `experiments.describe`), per setting (corrected /
@@ -23,7 +28,7 @@ import pandas as pd
 
 from . import experiments, stats
 from .errors import KdlibError
-from .tables import describe_runs, reached_plateau
+from .records import case_values, describe_runs, fold_blocks, pooled_value, reached_plateau, unsettled
 
 MARGIN = 0.02  # Dice: equivalence / non-superiority margin, below the smallest gain the
 # thesis calls an improvement (KD(T1,S2) - S2 = 0.024 Dice in Table 4.2)
@@ -120,6 +125,8 @@ class RunIndex:
     def __init__(self, runs: Iterable[dict[str, Any]]):
         self.groups: dict[tuple, dict[tuple, dict[str, Any]]] = defaultdict(dict)
         self.specs: dict[tuple, Spec] = {}
+        runs = list(runs)
+        self.by_name = {Path(run["run_dir"]).name: run for run in runs}  # teachers, for `records.unsettled`
         for run, desc in describe_runs(runs):
             spec = spec_of(desc)
             group = (desc["setting"], key(spec))
@@ -140,26 +147,6 @@ class RunIndex:
 
 # ---------------------------------------------------------------------------------------
 # Numbers out of runs
-
-
-def pooled_value(run: dict[str, Any], metric: str = "dice", block: str | None = None) -> float:
-    metrics = run["metrics"] if block is None else (run["metrics"].get(block) or {})
-    value = (metrics.get("pooled") or {}).get(metric)
-    return math.nan if value is None else float(value)
-
-
-def case_values(run: dict[str, Any], metric: str = "dice") -> dict[str, float] | None:
-    """{case id: per-volume metric} of a run, or None without per-volume results."""
-    per_volume = run["metrics"].get("per_volume") or {}
-    cases = per_volume.get("cases") if isinstance(per_volume, dict) else None
-    if not cases:
-        return None
-    out = {}
-    for case, scores in cases.items():
-        value = scores.get(metric) if isinstance(scores, dict) else scores
-        if value is not None and not math.isnan(float(value)):
-            out[str(case)] = float(value)
-    return out
 
 
 SUMMARY_ORDER = {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}  # teachers, baselines, controls, KD
@@ -192,7 +179,7 @@ def curve_points(runs) -> pd.DataFrame:
     """Validation Dice per epoch of the headline configurations (teachers, baselines, KD-off
     controls and Table 4.2's distilled students): one row per (configuration, fold, seed,
     epoch), with `kept` marking the epoch whose checkpoint was kept and `plateau` the run's
-    `tables.reached_plateau` (False: it hit its cap still improving). Runs without a
+    `records.reached_plateau` (False: it had not settled on its selection criterion). Runs without a
     `history.csv` beside their record are left out. Same order as `per_patient_points`."""
     index = RunIndex(runs)
     headline = {key(_best(t, s)) for t, s in TABLE_4_2}
@@ -239,76 +226,51 @@ def selection_table(points) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def fold_blocks(groups: Sequence[tuple[float, dict[tuple, dict]]], metric: str = "dice"
-                ) -> tuple[list[np.ndarray], str, list[float]]:
-    """Per fold (split) that every term ran on: the (seeds x test patients) matrix of
-    sum(coef * value). Seeds shared by all terms are paired; a fold where the terms share
-    no seed is averaged per term over its own seeds (one row). Returns (blocks, unit,
-    per-run pooled effects); unit is "patient" or, when some run lacks per-volume results,
-    "fold test set" (pooled metric, one unit per fold)."""
-    splits = sorted(set.intersection(*({r[0] for r in reps} for _, reps in groups)))
-    runs = [run for _, reps in groups for rep, run in reps.items() if rep[0] in splits]
-    per_patient = all(case_values(run, metric) is not None for run in runs)
-    value = (lambda run: case_values(run, metric)) if per_patient else \
-        (lambda run: {"test set": pooled_value(run, metric)})
-    blocks, per_run = [], []
-    for split in splits:
-        by_term = [{seed: reps[(sp, seed)] for sp, seed in reps if sp == split} for _, reps in groups]
-        seeds = sorted(set.intersection(*(set(t) for t in by_term)))
-        fold_runs = [run for t in by_term for run in t.values()]
-        cases = sorted(set.intersection(*(set(value(run)) for run in fold_runs)))
-        if not cases:
-            continue
-        if seeds:
-            rows = [[sum(c * value(t[s])[case] for (c, _), t in zip(groups, by_term)) for case in cases]
-                    for s in seeds]
-            per_run += [sum(c * pooled_value(t[s], metric) for (c, _), t in zip(groups, by_term)) for s in seeds]
-        else:
-            rows = [[sum(c * float(np.mean([value(r)[case] for r in t.values()]))
-                         for (c, _), t in zip(groups, by_term)) for case in cases]]
-        blocks.append(np.array(rows, dtype=float))
-    return blocks, "patient" if per_patient else "fold test set", per_run
-
-
-def contrast(index: RunIndex, terms: Sequence[tuple[float, Spec]], setting: str, metric: str = "dice"
-             ) -> dict[str, Any]:
-    """sum(coef * configuration) between configurations of one setting: `stats.nested_interval`
-    of `fold_blocks`, plus `basis` (what was paired), `per_run_effects` and a `reason` when
-    it could not be computed or run-to-run variation is unmeasured."""
+def contrast(index: RunIndex, terms: Sequence[tuple[float, Spec]], setting: str, metric: str = "dice",
+             framing: str = "population", block: str | None = None) -> dict[str, Any]:
+    """sum(coef * configuration) between configurations of one setting: `stats.interval` (in
+    `framing`) of `records.fold_blocks` (of the kept checkpoints, or of `block`), plus
+    `basis` (what was paired), `per_run_effects` (per (fold, seed): the mean over the fold's
+    test patients, the estimate's unit), `converged` and a `reason` when it could not be
+    computed, run-to-run variation is unmeasured, or a run or its teacher had not settled."""
     groups = [(coef, index.get(spec, setting)) for coef, spec in terms]
     missing = [label(spec) for (_, spec), (_, reps) in zip(terms, groups) if not reps]
-    out = stats.nested_interval([])
-    out.update(basis="", per_run_effects="", reason=None, missing=missing)
+    out = stats.interval([], framing)
+    out.update(basis="", per_run_effects="", reason=None, missing=missing, converged=True, blocks=[])
     if missing:
         out["reason"] = "no runs for " + ", ".join(missing)
         return out
-    blocks, unit, per_run = fold_blocks(groups, metric)
+    blocks, unit, per_run = fold_blocks(groups, metric, block)
     if not blocks:
         out["reason"] = "the configurations share no fold (split)"
         return out
-    out.update(stats.nested_interval(blocks))
+    out.update(stats.interval(blocks, framing), blocks=blocks)
     out["per_run_effects"] = ", ".join(f"{v:+.3f}" for v in per_run)
-    seeds = "/".join(str(b.shape[0]) for b in blocks)
     out["basis"] = (f"{'per-volume' if unit == 'patient' else 'pooled'} {metric}; unit: {unit}; "
-                    f"{len(blocks)} fold(s), seeds per fold {seeds}; CI: {out['method']} t")
-    unsettled = [label(spec) for (_, spec), (_, reps) in zip(terms, groups)
-                 if any(reached_plateau(run) is False for run in reps.values())]
-    out["converged"] = not unsettled
+                    f"{len(blocks)} fold(s), seeds per fold {out['seeds_per_fold']}; CI: {out['method']}")
+    open_ = sorted({f"{label(spec)} ({why})" for (_, spec), (_, reps) in zip(terms, groups)
+                    for run in reps.values() for why in unsettled(run, index.by_name)})
+    out["converged"] = not open_
     if out["n_patients"] < 2:
         out["reason"] = f"{out['n_patients']} {unit}(s): no interval"
-    elif not out["run_noise_measured"]:
-        out["reason"] = "one run per configuration: run-to-run variation is not measured"
-    elif unsettled:  # a model still improving at its cap answers no question
-        out["reason"] = "not converged: runs of " + ", ".join(unsettled) + " hit their epoch cap still improving"
+    elif out["reason"]:
+        pass  # the interval's own reason: too few folds or seeds
+    elif open_:  # a model still improving on its selection criterion answers no question
+        out["reason"] = ("not converged: runs of " + ", ".join(open_)
+                         + " ended within `patience` epochs of their kept checkpoint")
     return out
 
 
 # ---------------------------------------------------------------------------------------
 # The claims: declarative. Each comparison: terms (coef, configuration), read as
-# "claimed configuration minus reference"; `kind` and `margin` as in `stats.verdict`.
+# "claimed configuration minus reference"; `kind` and `margin` as in `stats.verdict` (the
+# claim's, unless the comparison names its own). `role`: CLAIM rows test the sentence as it
+# reads and make the claim's verdict; EXTENSION rows are questions of ours, reported beside
+# it and left out of the claim's verdict (they still count in Holm's family).
 
 
 TABLE_4_2 = {("T1", "S1"): "B", ("T1", "S2"): "B", ("T2", "S1"): "E", ("T2", "S2"): "B"}  # all +PMD
+CLAIM, EXTENSION = "claim", "extension (ours)"
 
 
 def _best(t: str, s: str) -> Spec:
@@ -325,69 +287,93 @@ def _vs(a: Spec, b: Spec) -> list[tuple[float, Spec]]:
     return [(1, a), (-1, b)]
 
 
+def _row(terms: list[tuple[float, Spec]], note: str, role: str = CLAIM, **test: Any) -> dict[str, Any]:
+    return {"terms": terms, "note": note, "role": role, **test}
+
+
 AGAINST_CONTROL = ("against our KD-off control (same optimiser, batch, data and epochs, no teacher): "
                    "the effect of distillation itself, not of the recipe")
+TABLE_4_7_OTHERS = ("E", "D", "B+E", "E+D", "B+D", "B+E+D")  # Table 4.7's T1->S1 +PMD rows besides B
 
 CLAIMS: list[dict[str, Any]] = [
-    dict(claim_id="1", claim="Distillation improves the small student S1", kind="greater",
+    dict(claim_id="1", claim="Distillation improves both students, S1 (+7.97% Dice) and S2 (+3.9%)",
+         kind="greater",
          sentence="KD(T1, S1) achieves a significant increase of 12.9% in IoU and 7.97% in Dice "
                   "coefficient, whereas KD(T1, S2) improves by 5.1% and 3.9% when compared to the "
                   "corresponding baseline models S1 and S2, respectively. (section 4.4, Table 4.2)",
-         comparisons=[(_gain("T1", "S1", "baseline"), "against the thesis's baseline (AdamW recipe), as the thesis"),
-                      (_gain("T1", "S1", "control"), AGAINST_CONTROL)]),
+         comparisons=[_row(_gain("T1", s, "baseline"),
+                           f"{s} half of the sentence, against the thesis's baseline (AdamW recipe); the "
+                           f"magnitude: consistent_with_thesis") for s in ("S1", "S2")]
+         + [_row(_gain("T1", s, "control"), AGAINST_CONTROL, EXTENSION) for s in ("S1", "S2")]),
     dict(claim_id="2", claim="Encoder-to-encoder (E->E) is the best single scale to distil (T1->S1)",
          kind="greater",
          sentence="the most significant performance improvement in segmentation is seen in "
                   "encoder-to-encoder knowledge distillation using contrastive learning (section 4.6, Table 4.3)",
-         comparisons=[(_vs(kd_spec("T1", "S1", "E", False), kd_spec("T1", "S1", o, False)), "Table 4.3")
+         comparisons=[_row(_vs(kd_spec("T1", "S1", "E", False), kd_spec("T1", "S1", o, False)),
+                           "Table 4.3; 'best' holds only if E->E beats every other single scale")
                       for o in ("B", "D")]),
-    dict(claim_id="3", claim="Distilling all scales at once is worse than distilling one", kind="less",
+    dict(claim_id="3", claim="Distilling all scales at once (T1->S1) is worse than distilling any one",
+         kind="less",
          sentence="it is worth noting that distilling information from all layers simultaneously "
-                  "results in slightly lower performance (section 4.6, Tables 4.3-4.5)",
-         comparisons=[(_vs(kd_spec(t, s, "B+E+D", False), kd_spec(t, s, single, False)),
-                       f"single scale: the one Table 4.2 uses for {t}->{s}")
-                      for (t, s), single in ((("T1", "S1"), "B"), (("T2", "S1"), "E"), (("T1", "S2"), "B"))]),
+                  "results in slightly lower performance (section 4.6, Table 4.3)",
+         comparisons=[_row(_vs(kd_spec("T1", "S1", "B+E+D", False), kd_spec("T1", "S1", single, False)),
+                           "Table 4.3; all scales against each single scale")
+                      for single in ("B", "E", "D")]),
     dict(claim_id="4", claim="The contrastive (InfoNCE) feature loss beats MSE", kind="greater",
          sentence="the performance increase achieved through simple knowledge distillation using MSE "
                   "loss was not as significant as the results obtained with contrastive loss (Table 4.10)",
-         comparisons=[(_vs(kd_spec("T1", "S1", sc, pmd, "infonce"), kd_spec("T1", "S1", sc, pmd, "mse")),
-                       "Table 4.10 against Tables 4.3/4.6/4.7")
+         comparisons=[_row(_vs(kd_spec("T1", "S1", sc, pmd, "infonce"), kd_spec("T1", "S1", sc, pmd, "mse")),
+                           "Table 4.10 against Tables 4.3/4.6/4.7")
                       for sc in ("B", "B+E", "B+E+D") for pmd in (False, True)]),
-    dict(claim_id="5", claim="PMD helps (bottleneck distillation)", kind="greater",
+    dict(claim_id="5", claim="PMD helps bottleneck distillation, and B->B+PMD is the best T1->S1 variant",
+         kind="greater",
          sentence="the introduction of PMD in the knowledge distillation process yields promising "
                   "improvements [...] the variant involving a bottleneck-to-bottleneck knowledge "
                   "distillation with PMD produced the best results in the (T1, S1) pair; Similar "
                   "results were obtained when experiments were performed on the (S2) student model "
                   "(Tables 4.7-4.9)",
-         comparisons=[(_vs(kd_spec(t, s, "B", True), kd_spec(t, s, "B", False)), f"Tables 4.3/4.7 or 4.8/4.9, {t}->{s}")
-                      for t, s in (("T1", "S1"), ("T1", "S2"))]),
+         comparisons=[_row(_vs(kd_spec(t, s, "B", True), kd_spec(t, s, "B", False)),
+                           f"PMD's improvement, Tables 4.3/4.7 or 4.8/4.9, {t}->{s}")
+                      for t, s in (("T1", "S1"), ("T1", "S2"))]
+         + [_row(_vs(kd_spec("T1", "S1", "B", True), kd_spec("T1", "S1", other, True)),
+                 "'the best results': B->B+PMD against every other Table 4.7 variant")
+            for other in TABLE_4_7_OTHERS]),
     dict(claim_id="6", claim="A larger teacher (T2) does not help more than T1", kind="at most", margin=MARGIN,
          sentence="in spite of using a more parameter heavy model the performance of the student "
                   "models has not increased significantly (12.9% vs 11.8% in S1) and (5.1% vs 4.9%) "
                   "(section 4.4, Table 4.2)",
-         comparisons=[(_vs(_best("T2", s), _best("T1", s)), f"Table 4.2's configurations; margin {MARGIN} Dice")
+         comparisons=[_row(_vs(_best("T2", s), _best("T1", s)), f"Table 4.2's configurations; margin {MARGIN} Dice")
                       for s in ("S1", "S2")]),
-    dict(claim_id="7", claim="B->B distillation on 50% of the data matches B->B on 100%", kind="at least",
-         margin=MARGIN,
+    dict(claim_id="7", claim="B->B distillation on 50% of the data beats B->B on 100%", kind="greater",
          sentence="a simple bottleneck-to-bottleneck contrastive knowledge distillation method "
                   "produced better results (0.617 vs. 0.615 IoU) with a student model that was "
                   "trained on half the data compared to its counterpart (section 4.6, Tables 4.3 and 4.11)",
-         comparisons=[(_vs(kd_spec("T1", "S1", "B", False), kd_spec("T1", "S1", "B", False, fraction=1.0)),
-                       f"non-inferiority, margin {MARGIN} Dice")]),
-    dict(claim_id="8", claim="The smaller student (S1) gains more from distillation than the larger (S2)",
+         comparisons=[_row(_vs(kd_spec("T1", "S1", "B", False), kd_spec("T1", "S1", "B", False, fraction=1.0)),
+                           "'better', as the sentence reads"),
+                      _row(_vs(kd_spec("T1", "S1", "B", False), kd_spec("T1", "S1", "B", False, fraction=1.0)),
+                           f"non-inferiority: half the data loses less than {MARGIN} Dice", EXTENSION,
+                           kind="at least", margin=MARGIN)]),
+    dict(claim_id="8", claim="The smaller student (S1) gains more from distillation by T1 than the larger (S2)",
          kind="greater",
          sentence="Since S2 is relatively larger than S1, the distillation effect is not as "
                   "significant when compared to KD(T1, S1) (section 4.5, Figure 4.12)",
-         comparisons=[(_gain(t, "S1", ref) + [(-c, s) for c, s in _gain(t, "S2", ref)],
-                       "against the thesis's baselines, as the thesis" if ref == "baseline" else AGAINST_CONTROL)
-                      for t in ("T1", "T2") for ref in ("baseline", "control")]),
+         comparisons=[_row(_gain("T1", "S1", "baseline") + [(-c, s) for c, s in _gain("T1", "S2", "baseline")],
+                           "against the thesis's baselines, as the thesis"),
+                      _row(_gain("T1", "S1", "control") + [(-c, s) for c, s in _gain("T1", "S2", "control")],
+                           AGAINST_CONTROL, EXTENSION)]),
 ]
+
+
+def comparisons() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(claim, comparison) pairs, with each comparison's own kind and margin filled in."""
+    return [(claim, {"kind": claim["kind"], "margin": claim.get("margin", 0.0), **row})
+            for claim in CLAIMS for row in claim["comparisons"]]
 
 
 def rows_claims_need(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The thesis rows (of `experiments.thesis_rows`/`grid_rows`) whose configuration some claim
     compares: the cut a CPU-sized profile trains when the whole grid does not fit."""
-    needed = {key(spec) for claim in CLAIMS for terms, _ in claim["comparisons"] for _, spec in terms}
+    needed = {key(spec) for _, row in comparisons() for _, spec in row["terms"]}
     return [row for row in rows if key(spec_of_row(row)) in needed]
 
 
@@ -410,49 +396,141 @@ def _deliberately_not_run(spec: Spec, not_run_tables: Collection[str]) -> bool:
     return bool(rows) and bool(not_run_tables) and all(r["table"] in not_run_tables for r in rows)
 
 
+ALPHA = 0.05  # family-wise, per framing and setting
+CLAIM_COLUMNS = ["claim_id", "claim", "comparison", "role", "setting", "framing", "verdict", "claim_verdict",
+                 "effect", "ci_low", "ci_high", "ci_level", "p", "p_holm", "mde", "seeds_per_fold", "folds",
+                 "n_patients", "n_runs", "verdict_last_epoch", "effect_last_epoch", "thesis_effect",
+                 "consistent_with_thesis", "criterion", "basis", "per_run_effects", "thesis_says", "note"]
+
+
+def _family(index: RunIndex, setting: str, framing: str, metric: str, block: str | None,
+            not_run_tables: Collection[str]) -> list[dict[str, Any]]:
+    """Every claim row of one setting and framing, with Holm-adjusted verdicts over them all."""
+    rows = []
+    for claim, comp in comparisons():
+        result = contrast(index, comp["terms"], setting, metric, framing, block)
+        ran = not (result["missing"] and all(_deliberately_not_run(s, not_run_tables)
+                                             for _, s in comp["terms"] if label(s) in result["missing"]))
+        rows.append({"claim": claim, "comp": comp, "result": result, "estimate": result["estimate"],
+                     "se": result["se"], "df": result["df"], "kind": comp["kind"], "margin": comp["margin"],
+                     "ran": ran, "testable": result["run_noise_measured"] and result["converged"]})
+    for row, decided in zip(rows, stats.family_verdicts(rows, ALPHA)):
+        row.update(decided)
+    return rows
+
+
 def claims_table(runs, metric: str = "dice", not_run_tables: Collection[str] = ()) -> pd.DataFrame:
-    """One row per comparison behind each claim, per setting among the runs.
+    """One row per comparison behind each claim, per setting among the runs and per framing
+    (`population`, `these-patients`; `stats` module docstring).
 
     `not_run_tables`: thesis tables the profile deliberately did not train; a comparison
     missing only configurations listed solely there is "not run in this profile".
-    Columns: claim_id, claim, comparison, setting, verdict, effect, ci_low, ci_high,
-    thesis_effect, consistent_with_thesis (is the thesis's effect inside our CI), criterion,
-    mde (smallest effect this design detects, 80% power), n_patients, n_folds, n_runs, p
-    (t test of 0, same model as the CI), p_holm, basis, per_run_effects, thesis_says, note.
+    Columns (`CLAIM_COLUMNS`): role (claim, or extension (ours): left out of the claim's
+    verdict); verdict (Holm over all rows of that framing and setting, `stats.family_verdicts`);
+    claim_verdict (`stats.combine_verdicts` of the claim's own rows in that framing); effect
+    and ci_low/ci_high at ci_level (the row's Holm level); p (against the claim's boundary:
+    0, or the margin) and p_holm; mde (the smallest effect this design detects at that level
+    with 80% power, for inconclusive rows); seeds_per_fold, folds, n_patients, n_runs;
+    verdict_last_epoch and effect_last_epoch (the same test on every run's last epoch instead
+    of its kept checkpoint); thesis_effect and consistent_with_thesis (is the thesis's effect
+    inside our interval); criterion, basis, per_run_effects (per fold and seed, mean over the
+    fold's test patients), thesis_says, note.
     """
     index = RunIndex(runs)
     records = []
     for setting in index.settings or ["corrected"]:
-        for claim in CLAIMS:
-            kind, margin = claim["kind"], claim.get("margin", 0.0)
-            for terms, note in claim["comparisons"]:
-                result = contrast(index, terms, setting, metric)
+        for framing in stats.FRAMINGS:
+            kept = _family(index, setting, framing, metric, None, not_run_tables)
+            last = _family(index, setting, framing, metric, "last_epoch", not_run_tables)
+            claim_verdicts = {
+                cid: stats.combine_verdicts([r["verdict"] for r in kept
+                                             if r["claim"]["claim_id"] == cid and r["comp"]["role"] == CLAIM])
+                for cid in {r["claim"]["claim_id"] for r in kept}}
+            for row, row_last in zip(kept, last):
+                claim, comp, result = row["claim"], row["comp"], row["result"]
+                terms = comp["terms"]
                 thesis_effect = float(sum(c * thesis_value(s, metric) for c, s in terms))
-                ran = not (result["missing"] and all(
-                    _deliberately_not_run(s, not_run_tables) for c, s in terms if label(s) in result["missing"]))
-                v = stats.verdict(result["ci_low"], result["ci_high"], kind, margin,
-                                  testable=result["run_noise_measured"] and result.get("converged", True),
-                                  ran=ran)
-                notes = [note, result["reason"] or ""]
-                if claim["claim_id"] == "5" and setting == "faithful":
+                notes = [comp["note"], result["reason"] or ""]
+                if claim["claim_id"] == "5" and setting == "faithful" and any(s["pmd"] for _, s in terms):
                     notes.append(FAITHFUL_PMD_NOTE)
                 records.append({
                     "claim_id": claim["claim_id"], "claim": claim["claim"], "comparison": _comparison_text(terms),
-                    "setting": setting, "verdict": v, "effect": result["estimate"],
-                    "ci_low": result["ci_low"], "ci_high": result["ci_high"], "thesis_effect": thesis_effect,
-                    "consistent_with_thesis": stats.consistent_with(thesis_effect, result["ci_low"],
-                                                                    result["ci_high"]),
-                    "criterion": _criterion(kind, margin),
-                    "mde": stats.minimal_detectable_effect(result["se"], result["df"])
-                    if v == stats.INCONCLUSIVE else math.nan,
-                    "n_patients": result["n_patients"], "n_folds": result["n_folds"], "n_runs": result["n_runs"],
-                    "p": result["p"], "basis": result["basis"], "per_run_effects": result["per_run_effects"],
-                    "thesis_says": claim["sentence"], "note": "; ".join(n for n in notes if n),
+                    "role": comp["role"], "setting": setting, "framing": framing, "verdict": row["verdict"],
+                    "claim_verdict": claim_verdicts[claim["claim_id"]], "effect": result["estimate"],
+                    "ci_low": row["ci_low"], "ci_high": row["ci_high"], "ci_level": row["ci_level"],
+                    "p": row["p"], "p_holm": row["p_holm"], "mde": row["mde"],
+                    "seeds_per_fold": result["seeds_per_fold"], "folds": result["n_folds"],
+                    "n_patients": result["n_patients"], "n_runs": result["n_runs"],
+                    "verdict_last_epoch": row_last["verdict"], "effect_last_epoch": row_last["estimate"],
+                    "thesis_effect": thesis_effect,
+                    "consistent_with_thesis": stats.consistent_with(thesis_effect, row["ci_low"], row["ci_high"]),
+                    "criterion": _criterion(comp["kind"], comp["margin"]), "basis": result["basis"],
+                    "per_run_effects": result["per_run_effects"], "thesis_says": claim["sentence"],
+                    "note": "; ".join(n for n in notes if n),
                 })
-    df = pd.DataFrame.from_records(records)
-    df.insert(df.columns.get_loc("p") + 1, "p_holm", stats.holm(list(df["p"])) if len(df) else [])
-    df.attrs["caption"] = (f"Claims of the thesis: verdicts from our runs (per-volume {metric}; unit: the test "
-                           f"patient; 95% CI: nested t interval of kdlib.stats; p_holm: Holm over the table)")
+    df = pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
+    df.attrs["caption"] = (f"Claims of the thesis, in two framings: population (new patients; folds, patients and "
+                           f"seeds random) and these-patients (these test patients; seeds random). Per-volume "
+                           f"{metric}, unit: the test patient; Holm over all rows of a framing and setting, "
+                           f"family-wise alpha {ALPHA}; intervals at each row's Holm level (ci_level)")
+    return df
+
+
+POWER_COLUMNS = ["claim_id", "comparison", "role", "setting", "framing", "thesis_effect", "criterion", "sd_fold",
+                 "sd_patient", "sd_seed", "sd_residual", "seeds_per_fold", "folds", "seeds_per_fold_needed",
+                 "patients_needed", "note"]
+
+
+def _needed(n: float) -> str:
+    return f"> {stats.POWER_CAP:,}" if math.isinf(n) else f"{int(n)}"
+
+
+def power_table(runs, metric: str = "dice", power: float = 0.8) -> pd.DataFrame:
+    """Per claim row and framing: the seeds per fold (and, for `population`, the test
+    patients) needed for `power` at the thesis's own effect, from the variance components
+    (`stats.variance_components`, shown as SDs) that our runs of that row estimate. The
+    level is Bonferroni's alpha / m over the m rows of the family, so the power holds
+    whatever Holm's step-down does with the other rows. `population` patients: folds of the
+    current patients per fold, each with the current seeds."""
+    index = RunIndex(runs)
+    m = len(comparisons())
+    alpha = ALPHA / m
+    records = []
+    for setting in index.settings or ["corrected"]:
+        for claim, comp in comparisons():
+            result = contrast(index, comp["terms"], setting, metric, "these-patients")
+            blocks = result["blocks"]
+            comps = stats.variance_components(blocks)
+            thesis_effect = float(sum(c * thesis_value(s, metric) for c, s in comp["terms"]))
+            per_fold = [b.shape[1] for b in blocks]
+            seeds = [b.shape[0] for b in blocks]
+            for framing in stats.FRAMINGS:
+                rec = {"claim_id": claim["claim_id"], "comparison": _comparison_text(comp["terms"]),
+                       "role": comp["role"], "setting": setting, "framing": framing, "thesis_effect": thesis_effect,
+                       "criterion": _criterion(comp["kind"], comp["margin"]),
+                       **{f"sd_{k}": math.sqrt(v) if v >= 0 else math.nan for k, v in comps.items()},
+                       "seeds_per_fold": result["seeds_per_fold"], "folds": len(blocks),
+                       "seeds_per_fold_needed": "–", "patients_needed": "–", "note": ""}
+                unknown = [k for k in (("seed", "residual") if framing == "these-patients" else comps)
+                           if math.isnan(comps[k])]
+                if not blocks or math.isnan(thesis_effect):
+                    rec["note"] = result["reason"] or "no thesis effect for this row"
+                elif unknown:
+                    rec["note"] = "components not estimable from these runs: " + ", ".join(unknown)
+                else:
+                    args = dict(effect=thesis_effect, kind=comp["kind"], margin=comp["margin"], alpha=alpha,
+                                power=power)
+                    rec["seeds_per_fold_needed"] = _needed(stats.seeds_needed(comps, per_fold, framing=framing, **args))
+                    if framing == "population":
+                        rec["patients_needed"] = _needed(stats.patients_needed(
+                            comps, max(2, min(seeds)), max(1, round(float(np.mean(per_fold)))), **args))
+                    if not stats.boundary_distance(thesis_effect, comp["kind"], comp["margin"]) > 0:
+                        rec["note"] = "the thesis's own effect is not on the claimed side: no design supports it"
+                records.append(rec)
+    df = pd.DataFrame.from_records(records, columns=POWER_COLUMNS)
+    df.attrs["caption"] = (f"Power: seeds per fold (and, for population, test patients) needed for {power:.0%} power "
+                           f"at the thesis's own effect, two-sided alpha {ALPHA}/{m} (Bonferroni over the family); "
+                           f"variance components of the contrast estimated from our runs (SDs, {metric})")
     return df
 
 
@@ -546,7 +624,8 @@ def _mean(values) -> float:
 def configuration_summary(runs, metric: str = "dice") -> pd.DataFrame:
     """Every configuration among the runs, per setting: pooled `metric` (mean over runs) of the
     best checkpoint and of the last epoch, and the mean over test patients of per-volume
-    `metric` with its 95% CI (`stats.nested_interval`); with the thesis's value and rows."""
+    `metric` with its 95% CI for new patients (`stats.population_interval`); with the
+    thesis's value and rows."""
     index = RunIndex(runs)
     records = []
     for setting, spec in index.configurations():
@@ -577,7 +656,8 @@ def paired_comparisons(runs, metric: str = "dice") -> pd.DataFrame:
 
     Columns (usable by `figures.forest_plot`): label, pair (teacher->student), setting,
     reference, n_pairs (patients), n_runs, reference_mean, mean, diff, ci_low, ci_high, p,
-    p_holm (Holm over the whole table), method, reason.
+    p_holm (Holm over the whole table): the `population` framing (new patients); these_low,
+    these_high, these_p: the `these-patients` framing (95%, unadjusted); method, reason.
     """
     index = RunIndex(runs)
     records = []
@@ -591,6 +671,7 @@ def paired_comparisons(runs, metric: str = "dice") -> pd.DataFrame:
             if not index.get(ref, setting):
                 continue
             diff = contrast(index, _vs(spec, ref), setting, metric)
+            these = contrast(index, _vs(spec, ref), setting, metric, "these-patients")
             if diff["n_patients"] == 0:
                 continue
             records.append({
@@ -599,15 +680,18 @@ def paired_comparisons(runs, metric: str = "dice") -> pd.DataFrame:
                 "reference_mean": contrast(index, [(1, ref)], setting, metric)["estimate"],
                 "mean": contrast(index, [(1, spec)], setting, metric)["estimate"], "diff": diff["estimate"],
                 "ci_low": diff["ci_low"], "ci_high": diff["ci_high"], "p": diff["p"],
+                "these_low": these["ci_low"], "these_high": these["ci_high"], "these_p": these["p"],
                 "method": diff["method"], "reason": diff["reason"] or "",
             })
     columns = ["label", "pair", "setting", "reference", "n_pairs", "n_runs", "reference_mean", "mean", "diff",
-               "ci_low", "ci_high", "p", "p_holm", "method", "reason"]
+               "ci_low", "ci_high", "p", "p_holm", "these_low", "these_high", "these_p", "method", "reason"]
     df = pd.DataFrame.from_records(records, columns=[c for c in columns if c != "p_holm"])
     df = df.sort_values(["setting", "pair", "reference", "label"], kind="stable").reset_index(drop=True)
     df.insert(df.columns.get_loc("p") + 1, "p_holm", stats.holm(list(df["p"])) if len(df) else [])
     if df["setting"].nunique() > 1:
         df["label"] = [f"{lab} ({s})" for lab, s in zip(df["label"], df["setting"])]
     df.attrs["caption"] = (f"Distilled students against their baseline and KD-off control, mean per-patient "
-                           f"{metric} difference (unit: test patient; 95% CI: nested t interval)")
+                           f"{metric} difference (unit: test patient); ci_low/ci_high: 95% for new patients "
+                           f"(fold-level t, >= 3 folds); these_low/these_high: 95% for these patients against "
+                           f"seed-to-seed noise")
     return df

@@ -301,13 +301,27 @@ def publish_models(out: Path, publish: Path, roles: tuple[str, ...] = STUDENT_RO
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 THESIS_SCALE = {"patients": 41, "size": 256, "student_epochs": 120, "teacher_epochs": 200}
 
+FRAMING_DEFINITIONS = (
+    "Two framings, reported side by side and never mixed. **population**: would the difference hold for new "
+    "patients from the same source? The test patient is the unit; folds (which patients trained the models), "
+    "patients and seeds are all random, so the interval is a t interval over the fold means, and it needs at "
+    "least 3 folds. **these-patients**: on these test patients, held fixed, is the difference larger than "
+    "seed-to-seed training noise? Seeds are the random unit; the answer is about these patients only. The "
+    "thesis's own evidence, one run per configuration on one fixed split, is the these-patients question with "
+    "one seed: it had no estimate of its own noise.")
+
 VERDICT_DEFINITIONS = (
-    "Verdicts: **supported**: the 95% CI of the effect lies entirely on the side the thesis claims; "
-    "**contradicted**: it lies entirely on the other side; **inconclusive**: it spans the boundary "
-    "(`mde` says what effect this design could detect); **not testable here**: runs are missing or "
-    "run-to-run variation is unmeasured; **not run in this profile**: the profile did not train those "
-    "runs on purpose. Claims of the form \"no better than\" or \"matches\" use the stated margin "
-    "(`criterion`). `consistent_with_thesis`: whether the thesis's own effect lies inside our CI.")
+    "Verdicts, per framing, with Holm's correction over every claim row of that framing (`p_holm`, family-wise "
+    "alpha 0.05; each interval is drawn at its row's Holm level, `ci_level`): **supported**: p_holm < 0.05 and "
+    "the interval lies entirely on the side the thesis claims; **contradicted**: p_holm < 0.05 and it lies on "
+    "the other side; **inconclusive**: otherwise (`mde` says what effect this design could detect); **not "
+    "testable here**: runs are missing, run-to-run variation is unmeasured, too few folds (population) or seeds, "
+    "or a run or its teacher had not converged; **not run in this profile**: the profile did not train those "
+    "runs on purpose. Claims of the form \"no better than\" test the stated margin (`criterion`), and their p "
+    "tests the margin. `claim_verdict` combines the rows the thesis's sentence asserts together (role "
+    "`claim`); rows marked `extension (ours)` are our questions, left out of it. `verdict_last_epoch`: the "
+    "same test on every run's last epoch instead of its kept checkpoint. `consistent_with_thesis`: whether "
+    "the thesis's own effect lies inside our interval.")
 
 
 def _kept_rule(runs: list[dict[str, Any]]) -> str:
@@ -365,9 +379,9 @@ def describe_budget(runs: list[dict[str, Any]], facts: dict[str, Any] | None, sy
 
 
 def plateau_sentence(runs: list[dict[str, Any]]) -> str:
-    """Which runs hit their epoch cap still improving (`tables.reached_plateau`), counted per
-    configuration; "" when no run had a stopping rule."""
-    from .tables import reached_plateau
+    """Which runs had not settled on the criterion that kept their checkpoint
+    (`records.reached_plateau`), counted per configuration; "" when no run had a stopping rule."""
+    from .records import reached_plateau
 
     judged = [(r["config"].get("name", "?"), reached_plateau(r)) for r in runs]
     judged = [(name, ok) for name, ok in judged if ok is not None]
@@ -377,10 +391,12 @@ def plateau_sentence(runs: list[dict[str, Any]]) -> str:
     open_ = [(n, sum(ok is False for m, ok in judged if m == n), sum(m == n for m, _ in judged)) for n in names]
     open_ = [(n, bad, total) for n, bad, total in open_ if bad]
     if not open_:
-        return "Every run ended on a plateau (stopped by its patience, or flat for its last `patience` epochs)."
+        return ("Every run ended on a plateau (its kept checkpoint at least `patience` epochs before its last "
+                "epoch).")
     listed = "; ".join(f"{n}: {bad} of {total}" for n, bad, total in open_)
-    return (f"Runs that hit their epoch cap still improving (not converged; a claim resting on them reads "
-            f"\"not testable here\"): {listed}.")
+    return (f"Runs that ended within `patience` epochs of their kept checkpoint, so still improving on the "
+            f"criterion that kept it (not converged; a claim resting on them, or on students of such a teacher, "
+            f"reads \"not testable here\"): {listed}.")
 
 
 def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], setting: str, synthetic: bool,
@@ -395,10 +411,11 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
         columns={"n": "runs (folds x seeds)", "ours_dice": "ours: pooled Dice",
                  "ours_dice_text": "ours: mean per-patient Dice (95% CI)", "thesis_dice": "thesis Dice"})
     claims_df = claims_df[claims_df["setting"] == setting] if len(claims_df) else claims_df
-    columns = ["claim_id", "comparison", "verdict", "effect", "ci_low", "ci_high", "thesis_effect",
-               "consistent_with_thesis", "criterion", "mde", "n_patients", "n_runs"]
+    columns = ["claim_id", "comparison", "role", "framing", "verdict", "verdict_last_epoch", "claim_verdict",
+               "effect", "ci_low", "ci_high", "ci_level", "p_holm", "thesis_effect", "consistent_with_thesis",
+               "criterion", "mde", "seeds_per_fold", "n_patients"]
     verdicts = claims_df[[c for c in columns if c in claims_df.columns]]
-    first = verdicts[verdicts["claim_id"] == "1"] if len(verdicts) else verdicts
+    first = verdicts[verdicts["claim_id"].isin(["1", "8"])] if len(verdicts) else verdicts
     stamp = ", ".join(f"{k}: {v}" for k, v in prov.items())
     return "\n".join([
         f"### Results of the `{prov.get('profile')}` profile ({setting} setting)",
@@ -417,11 +434,14 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
         "distilled students' recipe and no teacher):",
         "",
         tables.to_markdown(shown),
-        "Does distillation improve S1? Against the thesis's baseline (as the thesis) and against the "
-        "KD-off control (distillation itself):",
+        FRAMING_DEFINITIONS,
+        "",
+        "Does distillation improve the students (claim 1), and S1 more than S2 (claim 8)? Against the thesis's "
+        "baselines (as the thesis) and, as extensions of ours, against the KD-off controls (distillation itself), "
+        "in both framings, with the kept checkpoint and with the last epoch:",
         "",
         tables.to_markdown(first),
-        "Claims of the thesis, one verdict per comparison (unit: the test patient):",
+        "Claims of the thesis, one verdict per comparison and framing (unit: the test patient):",
         "",
         tables.to_markdown(verdicts),
         VERDICT_DEFINITIONS,

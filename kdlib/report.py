@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import claims, experiments, figures, tables
+from . import claims, experiments, figures, records, tables
 from .errors import DataError
 from .io import read_json
 from .paths import publish_path, results_dir
@@ -29,7 +29,7 @@ def tables_not_run(runs: list[dict[str, Any]]) -> list[str]:
     one that is not also a Table 4.2 configuration, since Table 4.2's distilled students
     reappear as rows of Tables 4.4-4.9 and a headline-only profile would otherwise seem to
     have run those tables in part."""
-    described = tables.describe_runs(runs)
+    described = records.describe_runs(runs)
     headline = experiments.thesis_rows(["4.2"])
     own = [desc for _, desc in described if not any(experiments.row_matches(h, desc) for h in headline)]
     return [t for t in experiments.ABLATION_TABLES
@@ -48,13 +48,13 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
                facts: dict[str, Any] | None = None, summary_setting: str = SUMMARY_SETTING,
                readme: bool = False) -> dict[str, Path]:
     """Write the thesis tables, and per setting the ANOVA, configuration summary, paired
-    comparisons, claims and validation-curve figure, plus SUMMARY.md (for `summary_setting`)
-    under `publish`."""
+    comparisons, claims (both framings), power table and validation-curve figure, plus
+    SUMMARY.md (for `summary_setting`) under `publish`."""
     runs = sorted(runs, key=lambda r: Path(r["run_dir"]).name)
     folder = Path(publish) / "tables"
     synthetic = tables.is_synthetic(runs)
     written: dict[str, Path] = {}
-    cached = [dict(run, _desc=desc) for run, desc in tables.describe_runs(runs)]
+    cached = [dict(run, _desc=desc) for run, desc in records.describe_runs(runs)]
     for table_id in tables.TABLE_IDS:
         name = f"table{table_id.replace('.', '_')}"
         written[name] = tables.write_table(tables.table(table_id, cached), folder, name, synthetic)[1]
@@ -67,7 +67,8 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
         for name, df in ((f"anova_{setting}", claims.anova_table(mine)),
                          (f"configurations_{setting}", claims.configuration_summary(mine)),
                          (f"paired_{setting}", claims.paired_comparisons(mine)),
-                         (f"claims_{setting}", claims_of[setting])):
+                         (f"claims_{setting}", claims_of[setting]),
+                         (f"power_{setting}", claims.power_table(mine))):
             written[name] = tables.write_table(df, folder, name, synthetic)[1]
         points = claims.curve_points(mine)
         written[f"selection_{setting}"] = tables.write_table(claims.selection_table(points), folder,

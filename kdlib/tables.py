@@ -3,8 +3,8 @@
 `table("4.3", runs)` lays a table out like the thesis: one row per thesis row (and per
 setting - corrected / faithful - present among the runs that match the table), with the
 thesis's numbers, ours (pooled metrics, mean over runs: seeds x folds), the difference, and
-the mean over test patients of per-volume Dice with its 95% CI (`stats.nested_interval`,
-the one interval method of kdlib: the unit is the test patient). A row that no run matches
+the mean over test patients of per-volume Dice with its 95% CI for new patients
+(`stats.population_interval`: the unit is the test patient, the fold effect included). A row that no run matches
 keeps the thesis's numbers and shows `n_seeds = 0` and NaN for ours: nothing is ever
 filled in. Table 4.2 also lists our KD-off control rows (`source` = "ours"), which the
 thesis does not have.
@@ -26,6 +26,7 @@ import pandas as pd
 from . import experiments, stats
 from .errors import ConfigError
 from .io import atomic_write_text
+from .records import describe_runs, fold_blocks
 
 TABLE_IDS = ("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8", "4.9", "4.10", "4.11")
 METRICS = experiments.METRICS  # iou, dice, recall, precision
@@ -69,41 +70,6 @@ def metric_value(metrics: dict[str, Any], metric: str, level: str = "pooled") ->
     return math.nan if value is None else float(value)
 
 
-def reached_plateau(run: dict[str, Any]) -> bool | None:
-    """Whether a finished run (`load_runs` entry) ended on a plateau: stopped by its patience,
-    or at its cap with its kept (best-validation) epoch at least `patience` epochs before the
-    end. False: it hit the cap still improving, so it answers no question yet. None: it had
-    no stopping rule (patience 0), so a plateau was never asked for."""
-    patience = int(run["config"].get("patience") or 0)
-    metrics = run["metrics"]
-    if patience <= 0 or metrics.get("stopped") not in ("early", "cap"):
-        return None
-    if metrics["stopped"] == "early":
-        return True
-    return int(metrics["epochs_run"]) - int(metrics["best_epoch"]) >= patience
-
-
-def describe_runs(runs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(run, experiments.describe(config)) pairs.
-
-    A distilled run names its teacher by folder; if the results were moved (the recorded
-    absolute path is gone) the teacher is looked up beside the run, in the same runs folder.
-    """
-    out = []
-    for run in runs:
-        desc = run.get("_desc")
-        if desc is None:
-            config = run["config"]
-            teacher = config.get("teacher_run")
-            if teacher and not (Path(teacher) / "config.json").exists():
-                moved = Path(run["run_dir"]).parent / Path(teacher).name
-                if (moved / "config.json").exists():
-                    config = dict(config, teacher_run=str(moved))
-            desc = experiments.describe(config)
-        out.append((run, desc))
-    return out
-
-
 def matching_runs(row: dict[str, Any], described, setting: str | None = None) -> list[dict[str, Any]]:
     """Runs that train the configuration of a thesis row (optionally in one setting), by seed."""
     found = [(desc["seed"], run["run_dir"], run) for run, desc in described
@@ -113,12 +79,11 @@ def matching_runs(row: dict[str, Any], described, setting: str | None = None) ->
 
 def patient_interval(runs: list[dict[str, Any]], metric: str = "dice") -> dict[str, Any]:
     """Mean over test patients of one configuration's per-volume `metric`, with its 95% CI
-    (`claims.contrast` of a single term: `stats.nested_interval`)."""
-    from .claims import fold_blocks
-
+    for new patients (`stats.population_interval` of `records.fold_blocks`; NaN, with a
+    reason, for fewer than 3 folds)."""
     replicates = {(str(r["config"].get("split", "")), int(r["config"].get("seed", 0))): r for r in runs}
     blocks, _, _ = fold_blocks([(1.0, replicates)], metric) if replicates else ([], "", [])
-    return stats.nested_interval(blocks)
+    return stats.population_interval(blocks)
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,9 +104,8 @@ def table(table_id: str, runs, metric_level: str = "pooled") -> pd.DataFrame:
     Columns: row, source (thesis, or ours for our control rows), setting, n_seeds (distinct
     seeds), n_runs (seeds x folds: the runs averaged), thesis_/ours_/diff_<metric> for iou,
     dice, recall, precision; n_patients, ours_dice_patients (mean over test patients of
-    per-volume Dice) and ours_dice_ci_low/high (its 95% CI; NaN for fewer than 2 patients),
-    ci_method ("nested", "folds", or "patients only" when one run leaves run-to-run
-    variation unmeasured);
+    per-volume Dice) and ours_dice_ci_low/high (its 95% CI for new patients; NaN for fewer
+    than 3 folds), ci_method ("fold-level t"; "–" without runs);
     params_m (the thesis's) and ours_params_m; for Table 4.1 also ours_psnr and ours_ssim.
     `df.attrs` holds table, caption, metric_level,
     synthetic.
