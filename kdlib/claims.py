@@ -513,8 +513,10 @@ def power_table(runs, metric: str = "dice", power: float = 0.8) -> pd.DataFrame:
                        "seeds_per_fold_needed": "–", "patients_needed": "–", "note": ""}
                 unknown = [k for k in (("seed", "residual") if framing == "these-patients" else comps)
                            if math.isnan(comps[k])]
-                if not blocks or math.isnan(thesis_effect):
-                    rec["note"] = result["reason"] or "no thesis effect for this row"
+                if math.isnan(thesis_effect):
+                    rec["note"] = "the thesis has no effect for this row (a row of ours): no power target"
+                elif not blocks:
+                    rec["note"] = result["reason"] or "no runs"
                 elif unknown:
                     rec["note"] = "components not estimable from these runs: " + ", ".join(unknown)
                 else:

@@ -376,8 +376,9 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
     """Difference to the reference (baseline or control) with its 95% CI, one line per comparison.
 
     `df` columns: `label`, `diff`, `ci_low`, `ci_high` (optional `n` or `n_pairs`, `p`,
-    `reference`, `pair`); rows without a CI are drawn as points only, and a plot where no
-    row has an interval says so in its title. More than `FOREST_ROWS_PER_PANEL` rows with a
+    `reference`, `pair`, and `these_low`/`these_high`: the these-patients interval, drawn
+    dashed below the population one); rows without a CI are drawn as points only, and a plot
+    where no row has an interval says so in its title. More than `FOREST_ROWS_PER_PANEL` rows with a
     `pair` column (teacher->student) are split into one panel per pair. A vertical line
     marks 0 (no difference).
     """
@@ -401,8 +402,15 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
             ax.set_title(name, fontsize=9, loc="left")
     axes[-1, 0].set_xlabel(xlabel)
     has_ci = any(not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["ci_low"], data["ci_high"]))
-    default = "Effect of distillation (95% CI)" if has_ci else \
-        "Effect of distillation (no intervals: one unit per comparison, n=1)"
+    has_these = "these_low" in data.columns and any(
+        not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["these_low"], data["these_high"]))
+    if has_these:
+        default = ("Effect of distillation, 95% CI: solid = new patients (population), dashed = these patients "
+                   "against seed noise" + ("" if has_ci else " (no population interval: fewer than 3 folds)"))
+    elif has_ci:
+        default = "Effect of distillation (95% CI)"
+    else:
+        default = "Effect of distillation (no intervals: one unit per comparison, n=1)"
     fig.suptitle(_title(title or default, synthetic), fontsize=10)
     fig.tight_layout()
     return fig
@@ -500,6 +508,9 @@ def _forest_panel(ax, data) -> None:
         colour = "0.5" if not has_ci else ("#009E73" if low > 0 else "#D55E00" if high < 0 else "#0072B2")
         if has_ci:
             ax.plot([low, high], [yi, yi], color=colour, lw=1.6)
+        these = (float(getattr(row, "these_low", math.nan)), float(getattr(row, "these_high", math.nan)))
+        if not any(math.isnan(v) for v in these):  # these patients against seed noise: thin, just below
+            ax.plot(these, [yi - 0.2] * 2, color=colour if has_ci else "0.35", lw=0.8, ls="--")
         ax.plot([diff], [yi], "o", color=colour, ms=5)
         note = []
         if n_col and not _isnan(getattr(row, n_col)):

@@ -131,7 +131,9 @@ def test_forest_plot_from_paired_comparisons(tmp_path):
     fig = figures.forest_plot(paired, synthetic=True)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == list(paired["label"])
-    assert "95% CI" in fig._suptitle.get_text()
+    assert "95% CI" in fig._suptitle.get_text() and "these patients" in fig._suptitle.get_text()
+    assert "fewer than 3 folds" in fig._suptitle.get_text()  # one fold: no population interval
+    assert sum(line.get_linestyle() == "--" for line in ax.lines) == 2  # the these-patients intervals
     assert any(line.get_xdata()[0] == 0 and len(set(line.get_xdata())) == 1 for line in ax.lines)
     small = pd.DataFrame({"label": ["a", "b"], "diff": [0.1, -0.02], "ci_low": [0.05, np.nan],
                           "ci_high": [0.15, np.nan]})

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import experiments, tables
+from kdlib import experiments, records, tables
 from kdlib.errors import ConfigError
 from kdlib.train import load_runs
 
@@ -145,7 +145,8 @@ def _label(teacher, student, scales, pmd, loss, fraction=0.5):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    return fake_study(root / "runs", effects={"KD(T1,S1) B->B+PMD": 0.05}, settings=("corrected", "faithful"))
+    return fake_study(root / "runs", effects={"KD(T1,S1) B->B+PMD": 0.05}, settings=("corrected", "faithful"),
+                      folds=3)
 
 
 def test_table_layout_and_values(study):
@@ -156,7 +157,7 @@ def test_table_layout_and_values(study):
     assert len(df) == 2 * (len(thesis) + len(ours))  # one row per row and setting
     assert set(df[df["row"].isin(ours)]["source"]) == {"ours"} and df[df["row"].isin(ours)]["thesis_dice"].isna().all()
     control = df[(df["row"] == ours[0]) & (df["setting"] == "corrected")].iloc[0]
-    assert control["n_runs"] == 3 and control["ours_dice"] == pytest.approx(0.70, abs=0.01)
+    assert control["n_runs"] == 9 and control["ours_dice"] == pytest.approx(0.70, abs=0.01)
     assert set(df["setting"]) == {"corrected", "faithful"}
     for m in ("iou", "dice", "recall", "precision"):
         for prefix in ("thesis_", "ours_", "diff_"):
@@ -169,7 +170,7 @@ def test_table_layout_and_values(study):
             and r["config"]["model"] == "S1" and "T1" in Path(r["config"]["teacher_run"]).name.upper()
             and r["config"]["kd"]["loss"] == "infonce"]
     expected = np.mean([r["metrics"]["pooled"]["dice"] for r in runs])
-    assert len(runs) == 3
+    assert len(runs) == 9  # 3 folds x 3 seeds
     assert kd["ours_dice"] == pytest.approx(expected)
     assert kd["diff_dice"] == pytest.approx(expected - 0.772)
     assert kd["ours_dice_ci_low"] <= kd["ours_dice_patients"] <= kd["ours_dice_ci_high"]
@@ -180,12 +181,13 @@ def test_table_layout_and_values(study):
 
 
 def test_rows_without_runs_keep_thesis_numbers(tmp_path, study):
-    one_seed = [r for r in study if r["config"]["seed"] == 0 and r["config"]["setting"] == "corrected"]
+    one_seed = [r for r in study if r["config"]["seed"] == 0 and r["config"]["setting"] == "corrected"
+                and r["config"]["split"] == "split-fold0.json"]
     df = tables.table("4.2", one_seed)
     row = df[df["row"] == "S1: U-Net-S"].iloc[0]
-    # one run: run-to-run variation unmeasured, but the patients still give an interval
-    assert row["n_seeds"] == 1 and row["ours_dice_ci_low"] < row["ours_dice_ci_high"]
-    assert row["ci_method"] == "patients only"  # ... and the table says so
+    # one fold: no interval for new patients (the fold effect cannot be estimated), and no fill-in
+    assert row["n_seeds"] == 1 and math.isnan(row["ours_dice_ci_low"]) and not math.isnan(row["ours_dice_patients"])
+    assert row["ci_method"] == "fold-level t"
     empty = tables.table("4.3", [])
     assert (empty["n_seeds"] == 0).all()
     assert empty["ours_dice"].isna().all() and empty["diff_iou"].isna().all()
@@ -247,15 +249,15 @@ def test_markdown_cells():
 
 def test_folds_count_as_runs_not_seeds(tmp_path):
     runs_dir = tmp_path / "runs"
-    for fold, dice in ((0, 0.70), (1, 0.74)):
+    for fold, dice in ((0, 0.70), (1, 0.74), (2, 0.72)):
         write_run(runs_dir, "S1 baseline", model="S1", role="baseline", seed=42, split=f"split-fold{fold}.json",
                   dice=dice)
     df = tables.table("4.2", load_runs(runs_dir))
     s1 = df[df["row"] == "S1: U-Net-S"].iloc[0]
-    assert (s1["n_seeds"], s1["n_runs"]) == (1, 2)
+    assert (s1["n_seeds"], s1["n_runs"]) == (1, 3)
     assert s1["ours_dice"] == pytest.approx(0.72)
-    # no per-volume results: each fold's test set is one unit; two folds, one seed each
-    assert s1["n_patients"] == 2 and s1["ours_dice_ci_low"] < 0.70 and s1["ours_dice_ci_high"] > 0.74
+    # no per-volume results: each fold's test set is one unit; three folds, one seed each
+    assert s1["n_patients"] == 3 and s1["ours_dice_ci_low"] < 0.70 and s1["ours_dice_ci_high"] > 0.74
     assert df[df["row"] == "S2: U-Net"]["n_runs"].iloc[0] == 0
 
 
@@ -331,6 +333,7 @@ def test_teachers_by_fold_names_each_folds_patients_and_how_the_teacher_trained(
 
 @pytest.mark.parametrize("patience, stopped, epochs_run, best_epoch, expected", [
     (20, "early", 57, 37, True),      # stopped by its patience
+    (20, "early", 57, 50, False),     # stopped early on Dice, but its kept (loss-selected) epoch is recent
     (20, "cap", 120, 100, True),      # at the cap, but flat for its last 20 epochs
     (20, "cap", 120, 101, False),     # at the cap, still improving 19 epochs before the end
     (20, "cap", 120, 120, False),
@@ -339,4 +342,4 @@ def test_teachers_by_fold_names_each_folds_patients_and_how_the_teacher_trained(
 def test_reached_plateau(patience, stopped, epochs_run, best_epoch, expected):
     run = {"config": {"patience": patience},
            "metrics": {"stopped": stopped, "epochs_run": epochs_run, "best_epoch": best_epoch}}
-    assert tables.reached_plateau(run) is expected
+    assert records.reached_plateau(run) is expected
