@@ -409,7 +409,7 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
     headline = tables.headline_table(runs)
     shown = headline[["row", "setting", "n", "patients", "ours_dice", "ours_dice_text", "thesis_dice"]].rename(
         columns={"n": "runs (folds x seeds)", "ours_dice": "ours: pooled Dice",
-                 "ours_dice_text": "ours: mean per-patient Dice (95% CI)", "thesis_dice": "thesis Dice"})
+                 "ours_dice_text": "ours: mean per-patient Dice (95% CI, new patients)", "thesis_dice": "thesis Dice"})
     claims_df = claims_df[claims_df["setting"] == setting] if len(claims_df) else claims_df
     columns = ["claim_id", "comparison", "role", "framing", "verdict", "verdict_last_epoch", "claim_verdict",
                "effect", "ci_low", "ci_high", "ci_level", "p_holm", "thesis_effect", "consistent_with_thesis",

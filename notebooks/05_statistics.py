@@ -23,29 +23,37 @@
 # - summarises every configuration: pooled Dice of the best checkpoint and of the last epoch,
 #   and the mean per-patient Dice with its 95% CI;
 # - compares each distilled student with its baseline and with its KD-off control, and draws a forest plot;
-# - gives a verdict on each claim of the thesis, citing the sentence it tests;
+# - gives a verdict on each claim of the thesis, in two framings, citing the sentence it tests, and the
+#   seeds and patients each claim would need;
 # - offers a viewer to overlay any trained models' masks on a test slice.
 #
-# **One interval method everywhere** (`kdlib.stats.nested_interval`): the unit is the test patient.
-# Each patient is tested by one fold's runs; its value is averaged over that fold's seeds, and the
-# CI adds the patient-to-patient spread and the run-to-run spread that a fold's patients share
-# (a t interval, Satterthwaite degrees of freedom). Seeds of one fold, or slices of one patient, are
-# never counted as independent patients.
+# **Two questions, never mixed** (`kdlib.stats`; the unit is always the test patient, whose value is
+# the mean over its fold's seeds; seeds of one fold, or slices of one patient, are never counted as
+# independent patients):
+# - **population**: would the difference hold for *new patients* from the same source? Folds (which
+#   patients trained the models), patients and seeds are all random: a t interval over the fold
+#   means. With fewer than 3 folds it cannot be estimated, and the row says so.
+# - **these-patients**: on *these* test patients, held fixed, is the difference larger than
+#   seed-to-seed training noise? Seeds are the random unit. The answer is about these patients only.
 #
-# **Verdicts**
-# - **supported**: the 95% CI of the effect lies entirely on the side the thesis claims;
-# - **contradicted**: the 95% CI lies entirely on the other side;
-# - **inconclusive**: the 95% CI spans the boundary; `mde` gives the smallest effect this design
-#   could have detected (80% power);
-# - **not testable here**: runs are missing, or there is one run per configuration so run-to-run
-#   variation is unmeasured;
+# The thesis's own evidence, one run per configuration on one fixed split, is the these-patients
+# question with a single seed: it had no estimate of its own noise.
+#
+# **Verdicts**, per framing, with Holm's correction over every claim row of that framing (`p_holm`,
+# family-wise alpha 0.05; each interval is drawn at its row's Holm level, `ci_level`):
+# - **supported**: `p_holm` < 0.05 and the interval lies entirely on the side the thesis claims;
+# - **contradicted**: `p_holm` < 0.05 and the interval lies entirely on the other side;
+# - **inconclusive**: otherwise; `mde` gives the smallest effect this design could have detected;
+# - **not testable here**: runs are missing, run-to-run variation is unmeasured, too few folds or
+#   seeds, or a run (or its teacher) had not settled on the criterion that kept its checkpoint;
 # - **not run in this profile**: the profile did not train those runs on purpose.
 #
-# Claims of the form "no better than" or "matches" are judged against a stated margin (`criterion`).
-# `consistent_with_thesis` says whether the thesis's own effect lies inside our CI.
-# Claims 1 and 8 are judged twice: against the thesis's baseline (AdamW recipe, as the thesis) and
-# against our KD-off control (the distilled students' RMSprop recipe without a teacher), which
-# isolates distillation from the optimiser.
+# Each claim is tested as its sentence reads (role `claim`; `claim_verdict` combines those rows);
+# rows marked `extension (ours)`, such as the KD-off controls, are our questions and stay out of
+# it. "No better than" claims test their margin (`criterion`), p-value included.
+# `consistent_with_thesis` says whether the thesis's own effect lies inside our interval, and
+# `verdict_last_epoch` repeats each test on every run's last epoch. The power table gives, per
+# claim row, the seeds (and patients) that 80% power at the thesis's own effect would need.
 #
 # The tables, `SUMMARY.md` and the validation-curve figure are written by `kdlib.report.regenerate`
 # from the run records alone, the same function as `python -m kdlib report --profile NAME`: the
@@ -138,10 +146,19 @@ if len(paired):
     figures.save_figure(fig, publish / "figures" / f"forest_dice_{setting}.png", prov)
 
 # %% [markdown]
-# ## Claims of the thesis, one verdict per comparison
+# ## Claims of the thesis, one verdict per comparison and framing
 
 # %%
 display(Markdown(written[f"claims_{setting}"].read_text()))
+
+# %% [markdown]
+# ## Power: how many seeds (and patients) each claim row would need
+# For 80% power at the thesis's own effect, from the variance components our runs estimate (fold,
+# patient, seed and residual SDs), at the family-wise level. "> 10,000" means seeds alone cannot
+# get there: for new patients, only more patients (folds) can.
+
+# %%
+display(Markdown(written[f"power_{setting}"].read_text()))
 
 # %% [markdown]
 # ## Viewer: any trained models' masks over a test slice (fold 0)
