@@ -284,8 +284,9 @@ def set_determinism(device: torch.device) -> None:
 
 # (network, precision) pairs that train faster in channels_last than in NCHW on the CPU:
 # training step at 64x64, 2-core Xeon with AMX, torch 2.13 (benchmarks/RESULTS.md, section
-# 7): S1 1.3x fp32 / 1.6x bf16, S2 1.2x / 1.6x, T1 and unet 1.1x in bf16 only (fp32 0.86x);
-# T2's transformer half gains nothing (0.85x fp32, 0.98x bf16), so it stays NCHW
+# 7, `bench_overhead.py --steps-only`): S1 1.3x fp32 / 1.5-1.7x bf16, S2 1.2-1.5x / 1.4-1.6x,
+# unet 1.1x and T1 1.0-1.2x in bf16 only (fp32: 0.8-0.95x); T2's transformer half gains
+# nothing (0.85-0.95x fp32, 0.96-0.98x bf16), so it stays NCHW
 CHANNELS_LAST_CPU = frozenset({("S1", "fp32"), ("S1", "bf16"), ("S2", "fp32"), ("S2", "bf16"),
                                ("T1", "bf16"), ("unet", "bf16")})
 
