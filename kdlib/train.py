@@ -18,7 +18,10 @@ Read it top-down:
    kept checkpoint is the one with the best validation criterion: `select_on="loss"` (the
    original's validation loss, the default) or `"dice"` (validation Dice, the quantity the
    stopping rule watches, so both rules agree). `metrics.json` holds the test metrics of
-   that best checkpoint and, under `last_epoch`, of the last epoch's model.
+   that best checkpoint and, under `last_epoch`, of the last epoch's model. Both rules can
+   watch a trailing mean over `smooth` epochs (one lucky epoch of a noisy validation curve
+   then cannot win) and ignore the first `warmup` epochs (a teacher's early peak then neither
+   is kept nor starts the patience count); the defaults (1 and 0) are the original rules.
 4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
    `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
    kept only with `keep_last=True`, which continuing to a higher cap later needs.
@@ -73,7 +76,7 @@ ROLES = ("teacher", "baseline", "control", "kd")
 NOT_IDENTITY = ("epochs", "keep_last", "checkpoint_seconds")
 # fields added after runs were published, with the value older runs had: at that value they
 # stay out of the hash (old run folders keep their names) and fill older config.json files
-ADDED_LATER = {"min_epochs": 0, "select_on": "loss"}
+ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0}
 # what picks the kept checkpoint on the selection set: the original's loss (teachers seg +
 # recon, students seg loss), or Dice, the quantity early stopping watches and tables report
 SELECT_ON = ("loss", "dice")
@@ -107,6 +110,10 @@ class RunConfig:
     min_delta: float = 0.0         # improvement > min_delta before stopping; 0 = off
     min_epochs: int = 0            # no early stop before this many epochs: a slow optimiser's
                                    # validation Dice sits near 0 for its first epochs
+    smooth: int = 1                # early stopping and selection watch the mean of the last
+                                   # `smooth` epochs' validation numbers; 1 = each epoch's own
+    warmup: int = 0                # epochs whose validation numbers set no best: never kept,
+                                   # never the peak that patience waits to beat
     teacher_run: str | None = None  # run folder of the frozen teacher (kd only)
     kd: dict[str, Any] | None = None  # losses.KDConfig.to_dict() (kd only)
     threshold: str = "prob"        # prob (sigmoid > 0.5) | logit (faithful: logit > 0.5)
@@ -141,12 +148,14 @@ class RunConfig:
             raise ConfigError("batch_size and epochs must be >= 1", self.name)
         try:  # one spelling per value: 0 and 0.0 must hash alike
             self.patience, self.min_delta = int(self.patience), float(self.min_delta)
-            self.min_epochs = int(self.min_epochs)
+            self.min_epochs, self.smooth, self.warmup = int(self.min_epochs), int(self.smooth), int(self.warmup)
         except (TypeError, ValueError):
-            raise ConfigError("patience and min_epochs must be integers and min_delta a number",
-                              self.name) from None
-        if self.patience < 0 or self.min_epochs < 0 or not self.min_delta >= 0:
-            raise ConfigError("patience, min_epochs and min_delta must be >= 0", self.name)
+            raise ConfigError("patience, min_epochs, smooth and warmup must be integers and "
+                              "min_delta a number", self.name) from None
+        if self.patience < 0 or self.min_epochs < 0 or self.warmup < 0 or not self.min_delta >= 0:
+            raise ConfigError("patience, min_epochs, warmup and min_delta must be >= 0", self.name)
+        if self.smooth < 1:
+            raise ConfigError("smooth must be >= 1 (1: no smoothing)", self.name)
         try:
             self.checkpoint_seconds = float(self.checkpoint_seconds)
         except (TypeError, ValueError):
@@ -641,11 +650,27 @@ def epochs_without_improvement(val_dice: list[float], min_delta: float = 0.0) ->
     return since
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Each value averaged with the `window - 1` before it (fewer at the start); window 1
+    returns the values themselves."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / len(values[max(0, i + 1 - window):i + 1])
+            for i in range(len(values))]
+
+
+def first_counted_epoch(cfg: RunConfig) -> int:
+    """The first epoch (1-based) whose validation numbers may set a best, for stopping and for
+    the kept checkpoint: after the `warmup` epochs, and once `smooth` epochs fill the window."""
+    return max(cfg.warmup + 1, cfg.smooth)
+
+
 def should_stop(cfg: RunConfig, history: list[dict[str, Any]]) -> bool:
-    """The early-stopping rule: `patience` epochs in a row without a validation-Dice gain
-    above `min_delta` (off when patience is 0), never before `min_epochs` epochs."""
-    return cfg.patience > 0 and len(history) > 0 and len(history) >= cfg.min_epochs and \
-        epochs_without_improvement([float(r["val_dice"]) for r in history], cfg.min_delta) >= cfg.patience
+    """The early-stopping rule: `patience` epochs in a row without a gain above `min_delta` of
+    validation Dice (its mean over the last `smooth` epochs; the best counted from
+    `first_counted_epoch` on), off when patience is 0, never before `min_epochs` epochs."""
+    if cfg.patience <= 0 or not history or len(history) < cfg.min_epochs:
+        return False
+    dice = trailing_mean([float(r["val_dice"]) for r in history], cfg.smooth)[first_counted_epoch(cfg) - 1:]
+    return len(dice) > 0 and epochs_without_improvement(dice, cfg.min_delta) >= cfg.patience
 
 
 def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
@@ -792,13 +817,20 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
                     "seconds": time.time() - started})
         if "psnr" in val:
             row.update(val_recon_loss=val["recon_loss"], val_psnr=val["psnr"])
+        if cfg.smooth > 1:  # what stopping and selection watch (absent at the default, as before)
+            row.update({f"{key}_smoothed": trailing_mean([float(r[key]) for r in history] + [row[key]],
+                                                         cfg.smooth)[-1]
+                        for key in ("val_dice", "val_criterion")})
         history.append(row)
-        if criterion < best:
-            best, best_epoch = criterion, epoch + 1
+        stop = should_stop(cfg, history)
+        selected = row.get("val_criterion_smoothed", criterion)
+        counted = epoch + 1 >= first_counted_epoch(cfg)
+        # the last epoch is kept when the run ends before any epoch counts (cap <= warmup)
+        if (counted and selected < best) or (best_epoch == 0 and (stop or epoch + 1 >= cfg.epochs)):
+            best, best_epoch = (selected if counted else best), epoch + 1
             # inference and distillation need the network only (no projectors, no optimiser)
             best_weights = _stored_weights(model.state_dict(), cfg.weights_dtype)
             _save_checkpoint(best_path, {"model": best_weights, "epoch": epoch})
-        stop = should_stop(cfg, history)
         interrupt = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and \
             epoch + 1 < cfg.epochs and not stop
         # the resumable state: at the cadence, and always at the last epoch (cap or stop)
@@ -836,7 +868,8 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     result.update(
         last_epoch=last, best_epoch=best_epoch, epochs_run=len(history), stopped=stopped,
         early_stopping={"monitor": "val_dice", "patience": cfg.patience, "min_delta": cfg.min_delta,
-                        "min_epochs": cfg.min_epochs},
+                        "min_epochs": cfg.min_epochs,
+                        **{k: getattr(cfg, k) for k in ("smooth", "warmup") if getattr(cfg, k) != ADDED_LATER[k]}},
         params=n_params,
         feature_info={tap: list(v) for tap, v in best_model.feature_info.items()},
         train_seconds=float(sum(r["seconds"] for r in history)),

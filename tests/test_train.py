@@ -648,3 +648,73 @@ def test_resume_puts_back_the_kept_checkpoint_of_its_state(tiny, tmp_path, monke
     kept = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert kept["epoch"] + 1 == state["best_epoch"] == _metrics(run)["best_epoch"]
     assert all(torch.equal(kept["model"][k], v) for k, v in state["best_model"].items())
+
+
+# ---------------------------------------------------------------------------------------
+# issue 17: teachers that finish learning, selections that one epoch cannot win
+
+# a teacher's validation Dice as on real-mini: a lucky epoch-3 peak on one small validation
+# patient, then noise while the network keeps learning, and a plateau above 0.7 from epoch 17
+NOISY_EARLY_PEAK = [0.10, 0.50, 0.85, 0.30, 0.40, 0.35, 0.45, 0.40, 0.50, 0.45, 0.55, 0.50,
+                    0.60, 0.62, 0.65, 0.64, 0.70, 0.72, 0.71, 0.73, 0.72, 0.72, 0.71, 0.72]
+
+
+def _history(dice):
+    return [{"val_dice": d} for d in dice]
+
+
+def test_trailing_mean_and_the_smoothed_stopping_rule(tiny):
+    assert train.trailing_mean([1.0, 2.0, 3.0, 5.0], 1) == [1.0, 2.0, 3.0, 5.0]
+    assert train.trailing_mean([1.0, 2.0, 3.0, 5.0], 2) == [1.0, 1.5, 2.5, 4.0]
+    base = _baseline(tiny, epochs=30, patience=8, min_epochs=10)
+    # the original rule: the epoch-3 peak is never beaten, so it stops at epoch 11
+    stops = [n for n in range(1, 25) if train.should_stop(base, _history(NOISY_EARLY_PEAK[:n]))]
+    assert stops[0] == 11
+    # the teacher rule: no best before epoch 11, a 3-epoch mean: it runs on past its peak
+    rule = replace(base, warmup=10, smooth=3)
+    assert train.first_counted_epoch(rule) == 11
+    assert not any(train.should_stop(rule, _history(NOISY_EARLY_PEAK[:n])) for n in range(1, 25))
+    assert train.should_stop(rule, _history(NOISY_EARLY_PEAK + [0.5] * 8))  # 8 epochs below its best
+    assert train.first_counted_epoch(replace(base, smooth=4)) == 4
+
+
+def test_a_teacher_with_an_early_peak_runs_past_its_minimum_and_keeps_no_peak(tiny, tmp_path, monkeypatch):
+    """The scripted noisy validation curve with an early peak: under the teacher rule
+    (min_epochs 10, warmup 10, 3-epoch mean) the teacher neither stops before its minimum
+    nor keeps the epoch-3 peak; the original rule stops at epoch 11 and keeps epoch 3."""
+    monkeypatch.setattr(train.models, "build", lambda name, **kw: TinyMultitask())
+    real = train.validate
+
+    def scripted(model, data, *args, **kwargs):
+        result = real(model, data, *args, **kwargs)
+        return {**result, "pooled": {**result["pooled"], "dice": next(curve)}}
+
+    monkeypatch.setattr(train, "validate", scripted)
+    runs = {}
+    for label, extra in (("original", {}), ("teacher rule", {"warmup": 10, "smooth": 3})):
+        curve = iter(NOISY_EARLY_PEAK)
+        cfg = train.teacher_config("T1", tiny / "cache", tiny / "split.json", epochs=24, batch_size=8,
+                                   patience=8, min_epochs=10, select_on="dice", **extra)
+        runs[label] = train.train(cfg, tmp_path / label, progress=False)
+    old, new = _metrics(runs["original"]), _metrics(runs["teacher rule"])
+    assert (old["epochs_run"], old["stopped"], old["best_epoch"]) == (11, "early", 3)
+    assert new["epochs_run"] == 24 and new["stopped"] == "cap"
+    assert new["best_epoch"] >= 17 and NOISY_EARLY_PEAK[new["best_epoch"] - 1] >= 0.7
+    assert new["early_stopping"] == {"monitor": "val_dice", "patience": 8, "min_delta": 0.0,
+                                     "min_epochs": 10, "smooth": 3, "warmup": 10}
+    history = train.load_history(runs["teacher rule"])
+    assert history["val_dice_smoothed"].tolist() == pytest.approx(train.trailing_mean(NOISY_EARLY_PEAK, 3))
+    assert "val_dice_smoothed" not in train.load_history(runs["original"]).columns
+
+
+def test_smoothing_and_warmup_keep_old_identities(tiny, tmp_path):
+    base = _baseline(tiny)
+    assert "smooth" not in base.identity() and "warmup" not in base.identity()
+    assert _baseline(tiny, smooth=3).run_dir(tmp_path) != base.run_dir(tmp_path)
+    assert _baseline(tiny, warmup=5).run_dir(tmp_path) != base.run_dir(tmp_path)
+    for bad in ({"smooth": 0}, {"warmup": -1}, {"smooth": "x"}):
+        with pytest.raises(train.ConfigError):
+            _baseline(tiny, **bad)
+    # a cap that ends inside the warm-up still keeps a checkpoint: the last epoch
+    m = _metrics(train.train(_baseline(tiny, epochs=2, warmup=5), tmp_path, progress=False))
+    assert m["best_epoch"] == 2
