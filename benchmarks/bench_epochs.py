@@ -34,24 +34,40 @@ RECIPE = {"S1": 16, "S2": 16, "T1": 8, "T2": 8}
 
 
 def step_time(name: str, size: int, precision: str, threads: int, min_time: float,
-              min_steps: int) -> tuple[float, int]:
-    """(seconds per training step, batch size): median of the timed steps after two warm-ups."""
+              min_steps: int, batch: int | None = None, channels_last: bool = False,
+              recipe=None) -> tuple[float, int]:
+    """(seconds per training step, batch size): median of the timed steps after two warm-ups.
+
+    `batch` defaults to the recipe's; `channels_last` puts network and input in that layout;
+    `recipe` (a kdlib RunConfig) trains with that run's optimiser and loss
+    (`kdlib.train._make_optimizer`, `_plain_objective`) instead of AdamW and Dice-BCE + 0.2 recon."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(name, **({"img_size": size} if name == "T2" else {})).train()
-    batch = RECIPE[name]
+    batch = batch or RECIPE[name]
     x = torch.rand(batch, 3, size, size)
     y = (torch.rand(batch, 1, size, size) > 0.7).float()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if recipe is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    else:
+        from kdlib import train
+
+        opt = train._make_optimizer(recipe, list(model.parameters()))
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with amp:
             out = model(x)
-            loss = losses.dice_bce_loss(out["logits"], y)
-            if "recon" in out:
-                loss = loss + 0.2 * losses.recon_mse(out["recon"], x)
+            if recipe is not None:
+                loss = train._plain_objective(recipe, out, x, y)["total"]
+            else:
+                loss = losses.dice_bce_loss(out["logits"], y)
+                if "recon" in out:
+                    loss = loss + 0.2 * losses.recon_mse(out["recon"], x)
         loss.backward()
         opt.step()
 
@@ -64,7 +80,7 @@ def step_time(name: str, size: int, precision: str, threads: int, min_time: floa
         step()
         times.append(time.perf_counter() - t0)
     times.sort()
-    return times[len(times) // 2], RECIPE[name]
+    return times[len(times) // 2], batch
 
 
 def main() -> None:

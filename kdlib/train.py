@@ -9,22 +9,34 @@ Read it top-down:
    reached a lower cap, and otherwise trains from scratch. One process at a time per run
    folder (`kdlib.locks.folder_lock`); leftover temporary files of a killed save are removed
    at the next start. Every file is written atomically; `metrics.json` is written last and
-   marks completion; a finished run's files are never rewritten.
+   marks completion; a finished run's files are never rewritten. `last.pt` (weights,
+   optimiser state, RNG states, history, the kept checkpoint's weights) is written every
+   `checkpoint_seconds` (60 s by default: about every 3 T1 epochs at real-mini's size,
+   every ~150 S1 epochs) and at the last epoch, not every epoch; a run killed in between
+   repeats the epochs since that write and ends as an uninterrupted run would.
 3. Early stopping (`patience` > 0, never before `min_epochs`) watches validation Dice; the
    kept checkpoint is the one with the best validation criterion: `select_on="loss"` (the
    original's validation loss, the default) or `"dice"` (validation Dice, the quantity the
    stopping rule watches, so both rules agree). `metrics.json` holds the test metrics of
-   that best checkpoint and, under `last_epoch`, of the last epoch's model.
+   that best checkpoint and, under `last_epoch`, of the last epoch's model. Both rules can
+   watch a trailing mean over `smooth` epochs (one lucky epoch of a noisy validation curve
+   then cannot win) and ignore the first `warmup` epochs (a teacher's early peak then neither
+   is kept nor starts the patience count); the defaults (1 and 0) are the original rules.
 4. On finishing, only `best.pt` (the network's weights, no optimiser state; fp16 when
    `weights_dtype` says so, the teachers' default) stays; `last.pt` (the resumable state) is
    kept only with `keep_last=True`, which continuing to a higher cap later needs.
 5. Distilled students never pay the frozen teacher's forward pass per step: the teacher's
    taps on the (unaugmented, fixed) student training set are computed once per process
    (`teacher_outputs`) and reused by every epoch and every configuration.
+6. An epoch does no host work it does not need (issue 17): networks and batches are in
+   channels_last where that trains faster (`memory_format`), batches are indexed on the
+   device, loss terms and validation counts are summed on the device and read back once
+   per epoch, and validation computes no SSIM (a test metric only).
 
 Randomness: on the CPU a run is deterministic for its seed, whatever ran before it in the
 process, and a resumed run ends with the same metrics as an uninterrupted one. Network init
-follows a reseed of the global RNG; batch order comes from a per-epoch generator; the
+follows a reseed of the global RNG; batch order comes from a per-epoch CPU generator
+(`torch.randperm`, the same order on every device and as before issue 17); the
 faithful random projectors draw from the run's own generator; the global RNG state (dropout)
 and the projector generator's state are checkpointed; loading a teacher runs in a forked RNG.
 Every checkpoint holds tensors and plain types only and is read with `weights_only=True`.
@@ -60,14 +72,16 @@ from .provenance import code_state, run_provenance
 TAP_OF_SCALE = {"E": "enc", "B": "bottleneck", "D": "dec"}
 ROLES = ("teacher", "baseline", "control", "kd")
 # config fields a run folder may be asked for with other values: the cap and the disk policy
-NOT_IDENTITY = ("epochs", "keep_last")
+# (how often last.pt is written changes no result: a resumed run ends as a straight one)
+NOT_IDENTITY = ("epochs", "keep_last", "checkpoint_seconds")
 # fields added after runs were published, with the value older runs had: at that value they
 # stay out of the hash (old run folders keep their names) and fill older config.json files
-ADDED_LATER = {"min_epochs": 0, "select_on": "loss"}
+ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0}
 # what picks the kept checkpoint on the selection set: the original's loss (teachers seg +
 # recon, students seg loss), or Dice, the quantity early stopping watches and tables report
 SELECT_ON = ("loss", "dice")
 # metrics.json is a finished run's only if it holds all of these
+_clock = time.monotonic  # the checkpoint cadence's clock (tests replace it)
 REQUIRED_METRICS = ("pooled", "per_image", "per_volume", "loss", "best_epoch", "epochs_run",
                     "stopped", "last_epoch", "params", "feature_info")
 
@@ -96,6 +110,10 @@ class RunConfig:
     min_delta: float = 0.0         # improvement > min_delta before stopping; 0 = off
     min_epochs: int = 0            # no early stop before this many epochs: a slow optimiser's
                                    # validation Dice sits near 0 for its first epochs
+    smooth: int = 1                # early stopping and selection watch the mean of the last
+                                   # `smooth` epochs' validation numbers; 1 = each epoch's own
+    warmup: int = 0                # epochs whose validation numbers set no best: never kept,
+                                   # never the peak that patience waits to beat
     teacher_run: str | None = None  # run folder of the frozen teacher (kd only)
     kd: dict[str, Any] | None = None  # losses.KDConfig.to_dict() (kd only)
     threshold: str = "prob"        # prob (sigmoid > 0.5) | logit (faithful: logit > 0.5)
@@ -106,6 +124,8 @@ class RunConfig:
     setting: str = "corrected"     # corrected | faithful: which reading of the thesis
     weights_dtype: str = "fp16"    # fp16 | fp32: how best.pt stores the weights (test metrics come from them)
     keep_last: bool = False        # keep last.pt (resumable state) after finishing, to continue later
+    checkpoint_seconds: float = 60.0  # write last.pt at the first epoch end this long after the
+                                   # last write, and always at the last epoch; 0 = every epoch
 
     def __post_init__(self) -> None:
         if self.precision == "auto":
@@ -128,12 +148,20 @@ class RunConfig:
             raise ConfigError("batch_size and epochs must be >= 1", self.name)
         try:  # one spelling per value: 0 and 0.0 must hash alike
             self.patience, self.min_delta = int(self.patience), float(self.min_delta)
-            self.min_epochs = int(self.min_epochs)
+            self.min_epochs, self.smooth, self.warmup = int(self.min_epochs), int(self.smooth), int(self.warmup)
         except (TypeError, ValueError):
-            raise ConfigError("patience and min_epochs must be integers and min_delta a number",
-                              self.name) from None
-        if self.patience < 0 or self.min_epochs < 0 or not self.min_delta >= 0:
-            raise ConfigError("patience, min_epochs and min_delta must be >= 0", self.name)
+            raise ConfigError("patience, min_epochs, smooth and warmup must be integers and "
+                              "min_delta a number", self.name) from None
+        if self.patience < 0 or self.min_epochs < 0 or self.warmup < 0 or not self.min_delta >= 0:
+            raise ConfigError("patience, min_epochs, warmup and min_delta must be >= 0", self.name)
+        if self.smooth < 1:
+            raise ConfigError("smooth must be >= 1 (1: no smoothing)", self.name)
+        try:
+            self.checkpoint_seconds = float(self.checkpoint_seconds)
+        except (TypeError, ValueError):
+            raise ConfigError("checkpoint_seconds must be a number", self.name) from None
+        if not self.checkpoint_seconds >= 0:
+            raise ConfigError("checkpoint_seconds must be >= 0 (0: every epoch)", self.name)
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,7 +278,9 @@ def resolve_precision(precision: str, device: str | torch.device | None = None) 
 
 
 def set_determinism(device: torch.device) -> None:
-    """Deterministic kernels on the CPU (same seed, same metrics); free choice on CUDA.
+    """Deterministic kernels on the CPU (same seed, same metrics); free choice on CUDA, where
+    cuDNN also benchmarks its convolution algorithms (`cudnn.benchmark`: every batch of a run
+    has one of two shapes, so the search pays once).
 
     Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
     memory. kdlib never reads such memory, the fill does not change any result, and it cost
@@ -258,6 +288,29 @@ def set_determinism(device: torch.device) -> None:
     benchmarks/bench_determinism.py for what the rest of deterministic mode costs."""
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+
+
+# (network, precision) pairs that train faster in channels_last than in NCHW on the CPU:
+# training step at 64x64, 2-core Xeon with AMX, torch 2.13 (benchmarks/RESULTS.md, section
+# 7, `bench_overhead.py --steps-only`): S1 1.3x fp32 / 1.5-1.7x bf16, S2 1.2-1.5x / 1.4-1.6x,
+# unet 1.1x and T1 1.0-1.2x in bf16 only (fp32: 0.8-0.95x); T2's transformer half gains
+# nothing (0.85-0.95x fp32, 0.96-0.98x bf16), so it stays NCHW
+CHANNELS_LAST_CPU = frozenset({("S1", "fp32"), ("S1", "bf16"), ("S2", "fp32"), ("S2", "bf16"),
+                               ("T1", "bf16"), ("unet", "bf16")})
+
+
+def memory_format(model: str, device: str | torch.device, precision: str) -> torch.memory_format:
+    """The layout a network trains and validates in: channels_last where it is faster (on
+    CUDA with bf16, the tensor cores' layout; on the CPU per `CHANNELS_LAST_CPU`), else NCHW.
+
+    Only the speed depends on it: a training step matches NCHW's within rounding (fp32:
+    relative 1e-4 on loss and gradients; bf16: 2e-2, bf16's own resolution; tests/test_train.py),
+    and a fixed seed still gives the same metrics on the CPU in either layout."""
+    kind = torch.device(device).type
+    name = models.canonical_name(model)
+    fast = precision == "bf16" if kind == "cuda" else (name, precision) in CHANNELS_LAST_CPU
+    return torch.channels_last if fast else torch.contiguous_format
 
 
 def seed_everything(seed: int) -> None:
@@ -282,30 +335,39 @@ def autocast(device: torch.device, precision: str):
 
 
 class SliceTensors:
-    """The cache's slices for a list of indices, as uint8 tensors, batched on demand."""
+    """The cache's slices for a list of indices, as uint8 tensors on `device`, batched on
+    demand; images come in `memory_format` (the network's, see `memory_format()`)."""
 
-    def __init__(self, cache: SliceCache, indices: list[int], device: torch.device):
+    def __init__(self, cache: SliceCache, indices: list[int], device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         order = np.asarray(indices, dtype=np.int64)
         self.indices = order
         self.images = torch.from_numpy(np.ascontiguousarray(cache.images[order])).to(device)
         self.masks = torch.from_numpy(np.ascontiguousarray(cache.masks[order])).to(device)
         self.case_ids = [str(c) for c in np.asarray(cache.case_ids)[order]]
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batch(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, rows: torch.Tensor | slice, memory_format: torch.memory_format | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[rows].float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
         mask = self.masks[rows].float().div_(255.0).unsqueeze(1)
-        return image.contiguous(), mask
+        return image.contiguous(memory_format=memory_format or self.memory_format), mask
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(rows, image, mask) per batch, `rows` on the data's device. The order is
+        `torch.randperm(n, generator=generator)` drawn on the CPU (the same order on every
+        device, and the one kdlib has always used, so older runs resume in their own order)
+        and moved to the device once per epoch: no host work or transfer per batch."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        order = order.to(self.images.device)
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
-            image, mask = self.batch(rows.to(self.images.device))
+            image, mask = self.batch(rows)
             yield rows, image, mask
 
 
@@ -376,7 +438,7 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     stored: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
     with torch.inference_mode():
         for start in bar(range(0, len(data), batch_size), desc="teacher outputs (once)", leave=False):
-            image, _ = data.batch(slice(start, start + batch_size))
+            image, _ = data.batch(slice(start, start + batch_size), torch.contiguous_format)
             with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
                 out = teacher(image)
             for tap in taps:
@@ -422,11 +484,76 @@ def _kd_taps(kd: "losses.KDConfig") -> tuple[str, ...]:
     return tuple(taps)
 
 
+def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: SliceTensors,
+                 batch_size: int, generator: torch.Generator, objective, device: torch.device,
+                 precision: str) -> dict[str, float]:
+    """One pass over `data` in the generator's order; `objective(rows, out, image, mask)`
+    gives the loss terms ("total" is minimised). Returns each term's mean over the images.
+
+    Nothing is read back per step: the terms are summed on the device (in float64, so the
+    means are those of the former per-step `float()` reads, bit for bit) and read once."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    for rows, image, mask in data.batches(batch_size, generator):
+        with autocast(device, precision):
+            terms = objective(rows, model(image), image, mask)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        for key, value in terms.items():
+            term = value.detach().double() * image.shape[0]
+            sums[key] = sums[key] + term if key in sums else term
+    if not sums:
+        return {}
+    return dict(zip(sums, (torch.stack(list(sums.values())) / len(data)).tolist()))
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, data: SliceTensors, threshold: str, device: torch.device,
+             batch_size: int = 32, precision: str = "fp32", with_recon: bool = False,
+             seg_loss: str = "dice_bce") -> dict[str, Any]:
+    """The selection set's numbers of one epoch: `loss`, `pooled` (Dice, IoU, precision,
+    recall and TP/FP/FN over every pixel, as `evaluate_model` pools them) and, for multi-task
+    teachers, `recon_loss` and `psnr` (mean over images).
+
+    Everything is accumulated on the device and read back once; no SSIM and no per-image or
+    per-volume blocks, which only the test metrics (`evaluate_model`) report."""
+    model.eval()
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum, recon_sum, psnr_sum = zero, zero, zero
+    counts = torch.zeros(3, dtype=torch.int64, device=device)
+    has_recon = False
+    for start in range(0, len(data), batch_size):
+        image, mask = data.batch(slice(start, start + batch_size))
+        with autocast(device, precision):
+            out = model(image)
+        logits = out["logits"].float()
+        loss_sum = loss_sum + _seg_loss(seg_loss, logits, mask).double() * image.shape[0]
+        pred, truth = metrics.binarize(logits, threshold), mask > 0.5
+        counts += torch.stack([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()])
+        if with_recon and "recon" in out:
+            has_recon = True
+            recon = out["recon"].float()
+            recon_sum = recon_sum + losses.recon_mse(recon, image).double() * image.shape[0]
+            mse = (recon.double() - image.double()).square().flatten(1).mean(1)
+            psnr_sum = psnr_sum + (10.0 * torch.log10(1.0 / mse)).sum()  # mse 0: inf, as metrics.psnr
+    values = torch.cat([torch.stack([loss_sum, recon_sum, psnr_sum]), counts.double()]).tolist()
+    n = max(len(data), 1)
+    tp, fp, fn = (int(v) for v in values[3:])
+    result: dict[str, Any] = {"loss": values[0] / n,
+                              "pooled": {**metrics.scores({"tp": tp, "fp": fp, "fn": fn}),
+                                         "tp": tp, "fp": fp, "fn": fn, "n_images": len(data)}}
+    if has_recon:
+        result.update(recon_loss=values[1] / n, psnr=values[2] / n)
+    return result
+
+
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, data: SliceTensors, threshold: str,
                    device: torch.device, batch_size: int = 32, precision: str = "fp32",
                    with_recon: bool = False, seg_loss: str = "dice_bce") -> dict[str, Any]:
-    """Loss and segmentation metrics (pooled, per image, per volume) of `model` on `data`."""
+    """Loss and segmentation metrics (pooled, per image, per volume) of `model` on `data`,
+    and PSNR and SSIM of the reconstruction with `with_recon`: the test metrics."""
     model.eval()
     meter = metrics.SegmentationMeter()
     loss_sum, recon_sum, psnr_vals, ssim_vals = 0.0, 0.0, [], []
@@ -523,11 +650,27 @@ def epochs_without_improvement(val_dice: list[float], min_delta: float = 0.0) ->
     return since
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Each value averaged with the `window - 1` before it (fewer at the start); window 1
+    returns the values themselves."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / len(values[max(0, i + 1 - window):i + 1])
+            for i in range(len(values))]
+
+
+def first_counted_epoch(cfg: RunConfig) -> int:
+    """The first epoch (1-based) whose validation numbers may set a best, for stopping and for
+    the kept checkpoint: after the `warmup` epochs, and once `smooth` epochs fill the window."""
+    return max(cfg.warmup + 1, cfg.smooth)
+
+
 def should_stop(cfg: RunConfig, history: list[dict[str, Any]]) -> bool:
-    """The early-stopping rule: `patience` epochs in a row without a validation-Dice gain
-    above `min_delta` (off when patience is 0), never before `min_epochs` epochs."""
-    return cfg.patience > 0 and len(history) > 0 and len(history) >= cfg.min_epochs and \
-        epochs_without_improvement([float(r["val_dice"]) for r in history], cfg.min_delta) >= cfg.patience
+    """The early-stopping rule: `patience` epochs in a row without a gain above `min_delta` of
+    validation Dice (its mean over the last `smooth` epochs; the best counted from
+    `first_counted_epoch` on), off when patience is 0, never before `min_epochs` epochs."""
+    if cfg.patience <= 0 or not history or len(history) < cfg.min_epochs:
+        return False
+    dice = trailing_mean([float(r["val_dice"]) for r in history], cfg.smooth)[first_counted_epoch(cfg) - 1:]
+    return len(dice) > 0 and epochs_without_improvement(dice, cfg.min_delta) >= cfg.patience
 
 
 def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
@@ -593,16 +736,15 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
     cache = SliceCache.load(cfg.cache)
     split = load_split(cfg.split)
     select_key = "test" if cfg.selection == "test" else "val"
-    train_data = SliceTensors(cache, split[cfg.train_subset], dev)
-    select_data = SliceTensors(cache, split[select_key], dev)
+    layout = memory_format(cfg.model, dev, cfg.precision)
+    train_data = SliceTensors(cache, split[cfg.train_subset], dev, layout)
+    select_data = SliceTensors(cache, split[select_key], dev, layout)
     if len(train_data) == 0 or len(select_data) == 0:
         raise KdlibError(f"empty {cfg.train_subset} or {select_key} set", cfg.split,
                          "use more data or another split")
 
     seed_everything(cfg.seed)  # the network's init depends on the run's seed only
-    model = models.build(cfg.model, **cfg.model_kwargs).to(dev)
-    if dev.type == "cuda" and cfg.precision == "bf16":
-        model = model.to(memory_format=torch.channels_last)  # the fast path for bf16 convs on GPUs
+    model = models.build(cfg.model, **cfg.model_kwargs).to(dev).to(memory_format=layout)
     projector_rng = torch.Generator().manual_seed(stream_seed(cfg.seed, "projectors"))
     distiller, cached_teacher = None, None
     if cfg.role == "kd":
@@ -620,8 +762,13 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
     # the training loop's global draws (dropout) start from the seed, whatever ran above
     torch.manual_seed(stream_seed(cfg.seed, "train"))
 
+    def objective(rows, out, image, mask):
+        if distiller is not None:
+            return distiller(out, {tap: t[rows.to(t.device)] for tap, t in cached_teacher.items()}, mask)
+        return _plain_objective(cfg, out, image, mask)
+
     history: list[dict[str, Any]] = []
-    start_epoch, best, best_epoch = 0, math.inf, 0
+    start_epoch, best, best_epoch, best_weights = 0, math.inf, 0, None
     if state is not None:
         model.load_state_dict(state["model"])
         if distiller is not None:
@@ -631,34 +778,35 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         projector_rng.set_state(state["projector_rng"])
         start_epoch, best, history = int(state["epoch"]) + 1, float(state["best"]), list(state["history"])
         best_epoch = int(state["best_epoch"])
+        best_weights = state.get("best_model")  # absent in last.pt files written before issue 17
+        if best_weights is not None:
+            # best.pt may hold a later epoch's weights, written after this state and before the
+            # run was killed: put back the kept checkpoint that belongs to this state
+            _save_checkpoint(best_path, {"model": best_weights, "epoch": best_epoch - 1})
+
+    def save_last(epoch: int) -> None:
+        _save_checkpoint(last_path, {
+            "model": model.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+            "best_model": best_weights,
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "projector_rng": projector_rng.get_state(),
+            "distiller": distiller.state_dict() if distiller else None, "history": history})
 
     epochs = bar(range(start_epoch, cfg.epochs), desc=cfg.name, total=cfg.epochs,
                  initial=start_epoch, disable=not progress)
+    last_saved = _clock()
     for epoch in epochs:
-        if should_stop(cfg, history):
+        if should_stop(cfg, history):  # a resumed run that had already stopped
             break
         started = time.time()
-        model.train()
-        sums: dict[str, float] = {}
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        for rows, image, mask in train_data.batches(cfg.batch_size, generator):
-            with autocast(dev, cfg.precision):
-                out = model(image)
-                if distiller is not None:
-                    teacher_out = {tap: t[rows.to(t.device)] for tap, t in cached_teacher.items()}
-                    terms = distiller(out, teacher_out, mask)
-                else:
-                    terms = _plain_objective(cfg, out, image, mask)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * image.shape[0]
+        means = _train_epoch(model, optimizer, train_data, cfg.batch_size, generator, objective,
+                             dev, cfg.precision)
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update({f"train_{k}": v / len(train_data) for k, v in sums.items()})
-        val = evaluate_model(model, select_data, cfg.threshold, dev, precision=cfg.precision,
-                             with_recon=cfg.role == "teacher",
-                             seg_loss="dice" if cfg.role == "kd" else cfg.loss)
+        row.update({f"train_{k}": v for k, v in means.items()})
+        val = validate(model, select_data, cfg.threshold, dev, precision=cfg.precision,
+                       with_recon=cfg.role == "teacher",
+                       seg_loss="dice" if cfg.role == "kd" else cfg.loss)
         # lower is better: the original's loss (teachers seg + recon, students seg loss), or
         # 1 - Dice, which agrees with the early-stopping rule (a distilled student's soft
         # Dice loss can keep falling while its thresholded Dice falls from its peak)
@@ -669,35 +817,49 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
                     "seconds": time.time() - started})
         if "psnr" in val:
             row.update(val_recon_loss=val["recon_loss"], val_psnr=val["psnr"])
+        if cfg.smooth > 1:  # what stopping and selection watch (absent at the default, as before)
+            row.update({f"{key}_smoothed": trailing_mean([float(r[key]) for r in history] + [row[key]],
+                                                         cfg.smooth)[-1]
+                        for key in ("val_dice", "val_criterion")})
         history.append(row)
-        if criterion < best:
-            best, best_epoch = criterion, epoch + 1
+        stop = should_stop(cfg, history)
+        selected = row.get("val_criterion_smoothed", criterion)
+        counted = epoch + 1 >= first_counted_epoch(cfg)
+        # the last epoch is kept when the run ends before any epoch counts (cap <= warmup)
+        if (counted and selected < best) or (best_epoch == 0 and (stop or epoch + 1 >= cfg.epochs)):
+            best, best_epoch = (selected if counted else best), epoch + 1
             # inference and distillation need the network only (no projectors, no optimiser)
-            _save_checkpoint(best_path, {
-                "model": _stored_weights(model.state_dict(), cfg.weights_dtype), "epoch": epoch})
-        _save_checkpoint(last_path, {
-            "model": model.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-            "projector_rng": projector_rng.get_state(),
-            "distiller": distiller.state_dict() if distiller else None, "history": history})
+            best_weights = _stored_weights(model.state_dict(), cfg.weights_dtype)
+            _save_checkpoint(best_path, {"model": best_weights, "epoch": epoch})
+        interrupt = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and \
+            epoch + 1 < cfg.epochs and not stop
+        # the resumable state: at the cadence, and always at the last epoch (cap or stop)
+        now = _clock()
+        if stop or interrupt or epoch + 1 >= cfg.epochs or now - last_saved >= cfg.checkpoint_seconds:
+            save_last(epoch)
+            last_saved = now
         _write_history(run_dir / "history.csv", history)
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{row.get('train_total', 0):.3f}", val_dice=f"{row['val_dice']:.3f}")
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+        if interrupt:
             raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (simulated interruption)")
+        if stop:
+            break
     if hasattr(epochs, "close"):
         epochs.close()
     stopped = "early" if should_stop(cfg, history) else "cap"
-    _finish(cfg, run_dir, dev, cache, split, model, history, best_epoch, stopped)
+    _finish(cfg, run_dir, dev, cache, split, model, history, best_epoch, stopped, layout)
 
 
 def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache, split: dict,
             last_model: torch.nn.Module, history: list[dict[str, Any]], best_epoch: int,
-            stopped: str) -> None:
+            stopped: str, layout: torch.memory_format = torch.contiguous_format) -> None:
     """Test metrics of the kept checkpoint (as stored on disk) and of the last epoch's model,
     then metrics.json (marks completion), then drop last.pt unless it is to be kept."""
+    # in NCHW, as `infer` and `kdlib predict` run a stored network, whatever layout trained it
     test_data = SliceTensors(cache, split["test"], dev)
     best_model = load_model(run_dir, dev)
+    last_model = last_model.to(memory_format=torch.contiguous_format)
     result = evaluate_model(best_model, test_data, cfg.threshold, dev, precision=cfg.precision,
                             with_recon=cfg.role == "teacher")
     last = evaluate_model(last_model, test_data, cfg.threshold, dev, precision=cfg.precision,
@@ -706,10 +868,12 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     result.update(
         last_epoch=last, best_epoch=best_epoch, epochs_run=len(history), stopped=stopped,
         early_stopping={"monitor": "val_dice", "patience": cfg.patience, "min_delta": cfg.min_delta,
-                        "min_epochs": cfg.min_epochs},
+                        "min_epochs": cfg.min_epochs,
+                        **{k: getattr(cfg, k) for k in ("smooth", "warmup") if getattr(cfg, k) != ADDED_LATER[k]}},
         params=n_params,
         feature_info={tap: list(v) for tap, v in best_model.feature_info.items()},
         train_seconds=float(sum(r["seconds"] for r in history)),
+        train_memory_format="channels_last" if layout == torch.channels_last else "nchw",
         synthetic=bool(cache.manifest.get("synthetic", False)))
     atomic_write_json(run_dir / "metrics.json", result)
     if not cfg.keep_last:

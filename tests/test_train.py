@@ -1,5 +1,6 @@
 """Training engine: determinism, resume, skip, the teacher computed once, predict/evaluate."""
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -261,16 +262,14 @@ def test_the_kept_checkpoint_is_the_best_epoch_of_the_chosen_validation_number(t
     # scripted validation numbers that disagree, as a distilled student's did on real CT: the
     # soft Dice loss keeps falling (best at epoch 4) while the thresholded Dice peaks at epoch 2
     script = iter([(0.9, 0.30), (0.8, 0.70), (0.7, 0.50), (0.6, 0.40)])
-    real = train.evaluate_model
+    real = train.validate
 
-    def scripted(model, data, *args, **kwargs):
+    def scripted(model, data, *args, **kwargs):  # the per-epoch validation (not the test)
         result = real(model, data, *args, **kwargs)
-        if "seg_loss" in kwargs:  # the per-epoch validation call (the test calls pass through)
-            loss, dice = next(script)
-            result = {**result, "loss": loss, "pooled": {**result["pooled"], "dice": dice}}
-        return result
+        loss, dice = next(script)
+        return {**result, "loss": loss, "pooled": {**result["pooled"], "dice": dice}}
 
-    monkeypatch.setattr(train, "evaluate_model", scripted)
+    monkeypatch.setattr(train, "validate", scripted)
     run = train.train(_baseline(tiny, epochs=4, select_on=select_on), tmp_path, progress=False)
     assert _metrics(run)["best_epoch"] == kept
     history = train.load_history(run)
@@ -382,3 +381,340 @@ def test_code_state_is_clean_when_only_outputs_changed(tmp_path, monkeypatch):
     assert provenance.code_state()["clean"] is True
     (repo / "kdlib" / "train.py").write_text("x = 2\n")
     assert provenance.code_state()["clean"] is False
+
+
+# ---------------------------------------------------------------------------------------
+# issue 17: epochs that cost their compute (layout, checkpoint cadence, no per-step host work)
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that bring a tensor's value to the host (a device sync on a GPU)."""
+
+    READS = {"item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__",
+             "__array__"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_memory_format_is_channels_last_where_measured_faster():
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    assert train.memory_format("S1", "cpu", "fp32") == cl and train.memory_format("s2", "cpu", "bf16") == cl
+    assert train.memory_format("T1", "cpu", "bf16") == cl and train.memory_format("T1", "cpu", "fp32") == nchw
+    assert train.memory_format("T2", "cpu", "bf16") == nchw
+    assert train.memory_format("T2", "cuda", "bf16") == cl and train.memory_format("S1", "cuda", "fp32") == nchw
+
+
+def _step(model, image, mask, precision):
+    with train.autocast(torch.device("cpu"), precision):
+        loss = losses.dice_bce_loss(model(image)["logits"], mask)
+    loss.backward()
+    return loss.detach().double(), torch.cat([p.grad.double().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("precision, loss_tol, grad_tol", [("fp32", 1e-6, 1e-3), ("bf16", 1e-4, 5e-2)])
+def test_channels_last_step_matches_nchw_within_rounding(precision, loss_tol, grad_tol):
+    """The tolerance of the layout change: one training step of S1 in channels_last gives
+    NCHW's loss within `loss_tol` and its gradient within `grad_tol` (relative, L2 over all
+    parameters). That is rounding: NCHW's own fp32 gradient is 2-4e-4 from a float64
+    reference, its bf16 gradient 3-5e-2 (64x64, batch 8); channels_last is as close."""
+    import copy
+
+    torch.manual_seed(0)
+    nchw = train.models.build("S1").train()
+    last = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    image, mask = torch.rand(8, 3, 64, 64), (torch.rand(8, 1, 64, 64) > 0.7).float()
+    loss_a, grad_a = _step(nchw, image, mask, precision)
+    loss_b, grad_b = _step(last, image.contiguous(memory_format=torch.channels_last), mask, precision)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in last.parameters() if p.dim() == 4)
+    assert float(abs(loss_a - loss_b) / abs(loss_a)) <= loss_tol
+    assert float((grad_a - grad_b).norm() / grad_a.norm()) <= grad_tol
+
+
+def test_a_run_trains_in_channels_last_and_stays_deterministic(tiny, tmp_path, monkeypatch):
+    cfg = _baseline(tiny, epochs=2)
+    first = _metrics(train.train(cfg, tmp_path / "a", progress=False))
+    assert first["train_memory_format"] == "channels_last"
+    again = _metrics(train.train(cfg, tmp_path / "b", progress=False))
+    assert first["pooled"] == again["pooled"] and first["last_epoch"] == again["last_epoch"]
+    # the same run in NCHW: its losses agree within the layout's rounding (2e-6 measured)
+    monkeypatch.setattr(train, "memory_format", lambda *a: torch.contiguous_format)
+    nchw = train.train(cfg, tmp_path / "c", progress=False)
+    assert _metrics(nchw)["train_memory_format"] == "nchw"
+    ours = train.load_history(cfg.run_dir(tmp_path / "a"))
+    for key in ("train_total", "val_loss"):
+        assert train.load_history(nchw)[key].tolist() == pytest.approx(ours[key].tolist(), rel=1e-4)
+
+
+def _data(tiny, subset="val", device="cpu"):
+    cache = SliceCache.load(tiny / "cache")
+    split = json.loads((tiny / "split.json").read_text())
+    return train.SliceTensors(cache, split[subset], torch.device(device))
+
+
+class TinyMultitask(torch.nn.Module):
+    """A stand-in for T1 at a fraction of its cost: logits and a reconstruction."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.seg, self.rec = torch.nn.Conv2d(4, 1, 1), torch.nn.Conv2d(4, 3, 1)
+        self.feature_info = {"dec": (4, 1)}
+
+    def forward(self, x):
+        dec = torch.relu(self.body(x))
+        return {"logits": self.seg(dec), "recon": self.rec(dec), "dec": dec}
+
+
+def test_validation_reads_back_once_and_matches_the_test_metrics(tiny):
+    """Per epoch, validation sums its confusion counts, loss, recon loss and PSNR on the
+    device and reads them back in one transfer, however many batches; its numbers are the
+    test evaluation's (pooled counts and loss exactly, PSNR to float64 rounding)."""
+    torch.manual_seed(0)
+    model = TinyMultitask().eval()
+    data, dev = _data(tiny, "train"), torch.device("cpu")
+    assert len(data) > 3 * 4
+    with HostReads() as reads:
+        val = train.validate(model, data, "prob", dev, batch_size=4, with_recon=True, seg_loss="dice")
+    assert len(reads.calls) == 1
+    full = train.evaluate_model(model, data, "prob", dev, batch_size=4, with_recon=True, seg_loss="dice")
+    assert val["loss"] == full["loss"] and val["recon_loss"] == full["recon_loss"]
+    assert val["pooled"] == {k: v for k, v in full["pooled"].items() if k != "tn"}
+    assert val["psnr"] == pytest.approx(full["psnr"], rel=1e-12)
+    assert "ssim" in full and "ssim" not in val
+
+
+def test_teacher_validation_never_computes_ssim(tiny, tmp_path, monkeypatch):
+    calls = []
+    real = train.metrics.ssim
+    monkeypatch.setattr(train.metrics, "ssim", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(train.models, "build", lambda name, **kw: TinyMultitask())  # T1's outputs
+    cfg = train.teacher_config("T1", tiny / "cache", tiny / "split.json", epochs=3, batch_size=8)
+    run = train.train(cfg, tmp_path, progress=False)
+    history = train.load_history(run)
+    assert len(history) == 3 and history["val_psnr"].notna().all()
+    # only the test evaluations (kept checkpoint and last epoch, one batch each) call it
+    assert len(calls) == 2 and "ssim" in _metrics(run) and "ssim" in _metrics(run)["last_epoch"]
+
+
+def test_an_epoch_reads_its_losses_back_once(tiny):
+    """The loss terms are summed on the device and read once per epoch, not per step; the
+    means equal the per-step reads that kdlib made before (float64 sums, bit for bit)."""
+    torch.manual_seed(0)
+    model = train.models.build("S1")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # SGD itself reads nothing back
+    data, dev = _data(tiny, "train"), torch.device("cpu")
+    cfg = _baseline(tiny)
+    steps = []
+
+    def objective(rows, out, image, mask):
+        terms = train._plain_objective(cfg, out, image, mask)
+        steps.append({k: v.detach().clone() for k, v in terms.items()} | {"n": image.shape[0]})
+        return terms
+
+    with HostReads() as reads:
+        means = train._train_epoch(model, optimizer, data, 4, torch.Generator().manual_seed(1),
+                                   objective, dev, "fp32")
+    assert len(steps) >= 3 and len(reads.calls) == 1
+    for key in ("seg", "total"):
+        per_step = 0.0
+        for s in steps:
+            per_step += float(s[key]) * s["n"]
+        assert means[key] == per_step / len(data)
+
+
+def test_batches_come_from_a_permutation_on_the_data_device(tiny):
+    """Rows are indexed on the device (here the meta device, which only CUDA-like devices
+    share with it); the order is the documented `torch.randperm` of the CPU generator."""
+    meta = _data(tiny, "train", "meta")
+    rows = [r for r, _, _ in meta.batches(5, torch.Generator().manual_seed(7))]
+    assert {r.device.type for r in rows} == {"meta"}
+    cpu = _data(tiny, "train")
+    order = torch.cat([r for r, _, _ in cpu.batches(5, torch.Generator().manual_seed(7))])
+    assert order.tolist() == torch.randperm(len(cpu), generator=torch.Generator().manual_seed(7)).tolist()
+
+
+def test_cudnn_benchmark_only_on_cuda():
+    before = torch.backends.cudnn.benchmark
+    try:
+        train.set_determinism(torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark is True
+        train.set_determinism(torch.device("cpu"))
+        assert torch.backends.cudnn.benchmark is False
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.backends.cudnn.benchmark = before
+        train.set_determinism(torch.device("cpu"))
+
+
+def _fake_clock(step=10.0):
+    """A clock that advances `step` seconds each time the engine reads it."""
+    ticks = iter(range(0, 10**6))
+    return lambda: step * next(ticks)
+
+
+def test_last_checkpoint_is_written_at_the_cadence_and_at_the_end(tiny, tmp_path, monkeypatch):
+    saved = []
+    real = train._save_checkpoint
+    monkeypatch.setattr(train, "_save_checkpoint",
+                        lambda path, state: saved.append((path.name, state["epoch"] + 1)) or real(path, state))
+    # the clock reads 0 at the start and 10, 20, ... at the end of epochs 1, 2, ...: with 15 s
+    # last.pt is written after epochs 2 and 4, and after epoch 5, the last
+    monkeypatch.setattr(train, "_clock", _fake_clock())
+    run = train.train(_baseline(tiny, epochs=5, checkpoint_seconds=15, keep_last=True), tmp_path / "a",
+                      progress=False)
+    assert [e for name, e in saved if name == "last.pt"] == [2, 4, 5]
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 4
+    # 0 writes it every epoch (the former behaviour); an early stop writes it at the stop
+    saved.clear()
+    train.train(_baseline(tiny, epochs=3, checkpoint_seconds=0), tmp_path / "b", progress=False)
+    assert [e for name, e in saved if name == "last.pt"] == [1, 2, 3]
+    saved.clear()
+    monkeypatch.setattr(train, "_clock", _fake_clock())
+    m = _metrics(train.train(_baseline(tiny, epochs=10, patience=2, min_delta=1.0), tmp_path / "c",
+                             progress=False))
+    assert m["stopped"] == "early" and [e for name, e in saved if name == "last.pt"] == [3]
+    # the cadence changes no result: it is outside the run's identity, old folders keep their names
+    assert _baseline(tiny, checkpoint_seconds=5).run_dir(tmp_path) == _baseline(tiny).run_dir(tmp_path)
+    assert "checkpoint_seconds" not in _baseline(tiny).identity()
+    with pytest.raises(train.ConfigError, match="checkpoint_seconds"):
+        _baseline(tiny, checkpoint_seconds=-1)
+
+
+KILLED_RUN = """
+import itertools, json, os, signal, sys
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from kdlib import train
+ticks = itertools.count(0, 10)
+train._clock = lambda: next(ticks)  # epoch ends at 10, 20, 30 s...: last.pt after epoch 3
+real = train._write_history
+def write(path, rows):
+    real(path, rows)
+    if len(rows) == 4:  # after epoch 4, before its state is ever written: no cleanup runs
+        os.kill(os.getpid(), signal.SIGKILL)
+train._write_history = write
+train.train(train.RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], progress=False)
+"""
+
+
+def test_sigkill_between_checkpoints_resumes_to_the_straight_run(tiny, tmp_path):
+    """A run killed (SIGKILL) one epoch after its last checkpoint resumes from that
+    checkpoint and ends with the uninterrupted run's metrics, exactly."""
+    import os
+    import signal
+    from pathlib import Path
+
+    cfg = _baseline(tiny, epochs=5, checkpoint_seconds=25)
+    straight = _metrics(train.train(cfg, tmp_path / "straight", progress=False))
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(cfg.to_dict()),
+                           str(tmp_path / "cut"), str(torch.get_num_threads())],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=repo)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    run = cfg.run_dir(tmp_path / "cut")
+    assert not (run / "metrics.json").exists() and len(train.load_history(run)) == 4
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] + 1 == 3 and len(state["history"]) == 3
+    resumed = train.train(cfg, tmp_path / "cut", progress=False)
+    again = _metrics(resumed)
+    assert again["pooled"] == straight["pooled"] and again["last_epoch"] == straight["last_epoch"]
+    assert again["best_epoch"] == straight["best_epoch"] and again["loss"] == straight["loss"]
+    assert len(train.load_history(resumed)) == 5
+    assert json.loads((run / "config.json").read_text())["provenance"]["resumed"][0]["after_epoch"] == 3
+
+
+def test_resume_puts_back_the_kept_checkpoint_of_its_state(tiny, tmp_path, monkeypatch):
+    """best.pt may be newer than the last state (written between two last.pt writes, before
+    a kill); the resumed run puts back the one its state kept, as its best_epoch says."""
+    cfg = _baseline(tiny, epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, tmp_path, stop_after_epoch=2, progress=False)
+    run = cfg.run_dir(tmp_path)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    train._save_checkpoint(run / "checkpoints" / "best.pt",  # a later epoch's (here: foreign) weights
+                           {"model": train.models.build("S1").state_dict(), "epoch": 2})
+    real = train.validate
+    monkeypatch.setattr(train, "validate", lambda *a, **k: {**real(*a, **k), "loss": math.inf})
+    train.train(cfg, tmp_path, progress=False)  # epochs 3-4 never improve on the state's best
+    kept = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert kept["epoch"] + 1 == state["best_epoch"] == _metrics(run)["best_epoch"]
+    assert all(torch.equal(kept["model"][k], v) for k, v in state["best_model"].items())
+
+
+# ---------------------------------------------------------------------------------------
+# issue 17: teachers that finish learning, selections that one epoch cannot win
+
+# a teacher's validation Dice as on real-mini: a lucky epoch-3 peak on one small validation
+# patient, then noise while the network keeps learning, and a plateau above 0.7 from epoch 17
+NOISY_EARLY_PEAK = [0.10, 0.50, 0.85, 0.30, 0.40, 0.35, 0.45, 0.40, 0.50, 0.45, 0.55, 0.50,
+                    0.60, 0.62, 0.65, 0.64, 0.70, 0.72, 0.71, 0.73, 0.72, 0.72, 0.71, 0.72]
+
+
+def _history(dice):
+    return [{"val_dice": d} for d in dice]
+
+
+def test_trailing_mean_and_the_smoothed_stopping_rule(tiny):
+    assert train.trailing_mean([1.0, 2.0, 3.0, 5.0], 1) == [1.0, 2.0, 3.0, 5.0]
+    assert train.trailing_mean([1.0, 2.0, 3.0, 5.0], 2) == [1.0, 1.5, 2.5, 4.0]
+    base = _baseline(tiny, epochs=30, patience=8, min_epochs=10)
+    # the original rule: the epoch-3 peak is never beaten, so it stops at epoch 11
+    stops = [n for n in range(1, 25) if train.should_stop(base, _history(NOISY_EARLY_PEAK[:n]))]
+    assert stops[0] == 11
+    # the teacher rule: no best before epoch 11, a 3-epoch mean: it runs on past its peak
+    rule = replace(base, warmup=10, smooth=3)
+    assert train.first_counted_epoch(rule) == 11
+    assert not any(train.should_stop(rule, _history(NOISY_EARLY_PEAK[:n])) for n in range(1, 25))
+    assert train.should_stop(rule, _history(NOISY_EARLY_PEAK + [0.5] * 8))  # 8 epochs below its best
+    assert train.first_counted_epoch(replace(base, smooth=4)) == 4
+
+
+def test_a_teacher_with_an_early_peak_runs_past_its_minimum_and_keeps_no_peak(tiny, tmp_path, monkeypatch):
+    """The scripted noisy validation curve with an early peak: under the teacher rule
+    (min_epochs 10, warmup 10, 3-epoch mean) the teacher neither stops before its minimum
+    nor keeps the epoch-3 peak; the original rule stops at epoch 11 and keeps epoch 3."""
+    monkeypatch.setattr(train.models, "build", lambda name, **kw: TinyMultitask())
+    real = train.validate
+
+    def scripted(model, data, *args, **kwargs):
+        result = real(model, data, *args, **kwargs)
+        return {**result, "pooled": {**result["pooled"], "dice": next(curve)}}
+
+    monkeypatch.setattr(train, "validate", scripted)
+    runs = {}
+    for label, extra in (("original", {}), ("teacher rule", {"warmup": 10, "smooth": 3})):
+        curve = iter(NOISY_EARLY_PEAK)
+        cfg = train.teacher_config("T1", tiny / "cache", tiny / "split.json", epochs=24, batch_size=8,
+                                   patience=8, min_epochs=10, select_on="dice", **extra)
+        runs[label] = train.train(cfg, tmp_path / label, progress=False)
+    old, new = _metrics(runs["original"]), _metrics(runs["teacher rule"])
+    assert (old["epochs_run"], old["stopped"], old["best_epoch"]) == (11, "early", 3)
+    assert new["epochs_run"] == 24 and new["stopped"] == "cap"
+    assert new["best_epoch"] >= 17 and NOISY_EARLY_PEAK[new["best_epoch"] - 1] >= 0.7
+    assert new["early_stopping"] == {"monitor": "val_dice", "patience": 8, "min_delta": 0.0,
+                                     "min_epochs": 10, "smooth": 3, "warmup": 10}
+    history = train.load_history(runs["teacher rule"])
+    assert history["val_dice_smoothed"].tolist() == pytest.approx(train.trailing_mean(NOISY_EARLY_PEAK, 3))
+    assert "val_dice_smoothed" not in train.load_history(runs["original"]).columns
+
+
+def test_smoothing_and_warmup_keep_old_identities(tiny, tmp_path):
+    base = _baseline(tiny)
+    assert "smooth" not in base.identity() and "warmup" not in base.identity()
+    assert _baseline(tiny, smooth=3).run_dir(tmp_path) != base.run_dir(tmp_path)
+    assert _baseline(tiny, warmup=5).run_dir(tmp_path) != base.run_dir(tmp_path)
+    for bad in ({"smooth": 0}, {"warmup": -1}, {"smooth": "x"}):
+        with pytest.raises(train.ConfigError):
+            _baseline(tiny, **bad)
+    # a cap that ends inside the warm-up still keeps a checkpoint: the last epoch
+    m = _metrics(train.train(_baseline(tiny, epochs=2, warmup=5), tmp_path, progress=False))
+    assert m["best_epoch"] == 2
