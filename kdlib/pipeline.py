@@ -71,13 +71,15 @@ def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], se
             split_seed: int = 42, folds: int = 0, test_fraction: float = 0.2,
             val_fraction: float = 0.2, student_fraction: float = 0.5,
             export_png: bool = False, fold_cases: list[dict[str, list[str]]] | None = None,
-            student_by: str = "patient") -> dict[str, Any]:
+            student_by: str = "patient", val_share: float = 0.0) -> dict[str, Any]:
     """Slice cache + split(s) per setting; writes and returns `prepared.json`.
 
     `fold_cases` names each fold's patients, e.g. `[{"test": ["3Dircadb1.1"], "val":
     ["spleen_3"]}, ...]` (one dict per fold; "val" optional): it replaces `folds` in the
     corrected setting (the faithful split stays one split by slice). `student_by`: how the
-    students' share of the training data is drawn in the corrected setting (`make_split`)."""
+    students' share of the training data is drawn in the corrected setting (`make_split`);
+    `val_share`: the share of every training patient's slices that joins the validation set
+    in the corrected setting (`make_split`)."""
     prepared: dict[str, Any] = {}
     for setting in settings:
         if setting not in experiments.SETTINGS:
@@ -103,7 +105,8 @@ def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], se
                                fold=None if n_folds == 1 else fold,
                                test_cases=named[fold]["test"] if named else None,
                                val_cases=named[fold].get("val") if named else None,
-                               student_by="patient" if faithful else student_by)
+                               student_by="patient" if faithful else student_by,
+                               val_share=0.0 if faithful else val_share)
             path = out / "splits" / f"{setting}-{size}-fold{fold}.json"
             save_split(split, path)
             split_paths.append(str(path))

@@ -55,7 +55,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -673,6 +673,39 @@ def should_stop(cfg: RunConfig, history: list[dict[str, Any]]) -> bool:
     return len(dice) > 0 and epochs_without_improvement(dice, cfg.min_delta) >= cfg.patience
 
 
+def selection_step(cfg: RunConfig, history: list[dict[str, Any]], best: float,
+                   best_epoch: int) -> tuple[bool, bool, float]:
+    """The rules after the last epoch of `history`: whether to stop, whether to keep that
+    epoch's weights, and the best criterion so far. The criterion is the epoch's
+    `val_criterion` (its trailing mean over `smooth` epochs when smooth > 1), lower is better;
+    epochs before `first_counted_epoch` set no best, except that the last epoch is kept when
+    the run ends before any epoch counts (cap <= warmup)."""
+    epoch = len(history)
+    stop = should_stop(cfg, history)
+    selected = trailing_mean([float(r["val_criterion"]) for r in history[-cfg.smooth:]], cfg.smooth)[-1]
+    counted = epoch >= first_counted_epoch(cfg)
+    keep = (counted and selected < best) or (best_epoch == 0 and (stop or epoch >= cfg.epochs))
+    return stop, keep, (selected if keep and counted else best)
+
+
+def replay_selection(cfg: RunConfig, history: list[dict[str, Any]]) -> tuple[int, int]:
+    """(epochs run, kept epoch) that `train` would reach with `cfg`'s stopping and selection
+    rules on a recorded validation history (rows with `val_dice` and `val_criterion`), e.g. a
+    run trained to its cap without early stopping: how `benchmarks/bench_selection.py`
+    compares rules on the same trajectories. A history shorter than the rules need ends at
+    its last row, as a run at its cap does."""
+    best, best_epoch = math.inf, 0
+    rows = history[:cfg.epochs]
+    for epoch in range(1, len(rows) + 1):
+        stop, keep, best = selection_step(dataclasses.replace(cfg, epochs=len(rows)), rows[:epoch],
+                                          best, best_epoch)
+        if keep:
+            best_epoch = epoch
+        if stop:
+            return epoch, best_epoch
+    return len(rows), best_epoch
+
+
 def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
     mine = json.loads(json.dumps(cfg.to_dict()))
     stored = {**ADDED_LATER, **stored}
@@ -682,10 +715,13 @@ def _same_configuration(stored: dict[str, Any], cfg: RunConfig) -> bool:
 
 
 def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
-          stop_after_epoch: int | None = None, progress: bool = True) -> Path:
+          stop_after_epoch: int | None = None, progress: bool = True,
+          on_epoch: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
     """Train `cfg` (or skip it if finished, or resume / continue it) and return its run folder.
 
-    `stop_after_epoch` simulates an interruption (used by the resume test).
+    `stop_after_epoch` simulates an interruption (used by the resume test). `on_epoch(epoch,
+    model)` is called after each epoch's validation (1-based epoch, the network in eval mode),
+    e.g. by a benchmark that scores every epoch on further sets; it must not train the network.
     """
     run_dir = cfg.run_dir(runs_dir)
     if is_finished(run_dir, cfg.epochs):
@@ -695,7 +731,7 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
         if is_finished(run_dir, cfg.epochs):  # another process finished it meanwhile
             return run_dir
         remove_stale_tmp(run_dir)  # a killed save's leftovers; we hold the lock, nobody writes
-        _train_locked(cfg, run_dir, dev, stop_after_epoch, progress)
+        _train_locked(cfg, run_dir, dev, stop_after_epoch, progress, on_epoch)
     return run_dir
 
 
@@ -721,7 +757,7 @@ def _start_record(cfg: RunConfig, run_dir: Path, resumed_from: int | None) -> No
 
 
 def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_epoch: int | None,
-                  progress: bool) -> None:
+                  progress: bool, on_epoch=None) -> None:
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     state = load_checkpoint(last_path) if last_path.exists() else None
     earlier = read_metrics(run_dir)
@@ -822,12 +858,11 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
                                                          cfg.smooth)[-1]
                         for key in ("val_dice", "val_criterion")})
         history.append(row)
-        stop = should_stop(cfg, history)
-        selected = row.get("val_criterion_smoothed", criterion)
-        counted = epoch + 1 >= first_counted_epoch(cfg)
-        # the last epoch is kept when the run ends before any epoch counts (cap <= warmup)
-        if (counted and selected < best) or (best_epoch == 0 and (stop or epoch + 1 >= cfg.epochs)):
-            best, best_epoch = (selected if counted else best), epoch + 1
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
+        stop, keep, best = selection_step(cfg, history, best, best_epoch)
+        if keep:
+            best_epoch = epoch + 1
             # inference and distillation need the network only (no projectors, no optimiser)
             best_weights = _stored_weights(model.state_dict(), cfg.weights_dtype)
             _save_checkpoint(best_path, {"model": best_weights, "epoch": epoch})

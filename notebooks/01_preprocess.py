@@ -44,6 +44,7 @@ test_fraction: float = 0.2
 val_fraction: float = 0.2  # of the training patients, for model selection
 student_fraction: float = 0.5  # students train on this share of the teacher's training data
 student_by: str = "patient"  # patient: whole training patients | slice: that share of every training patient
+val_share: float = 0.0  # corrected setting: this share of every training patient's slices joins validation
 export_png: bool = False  # also write QC PNGs into the cache folder
 
 # %%
@@ -69,7 +70,8 @@ print("inputs:", *inputs, sep="\n  ")
 prepared = pipeline.prepare(out, inputs, size=size, hu_window=hu_window, settings=settings,
                             split_seed=split_seed, folds=folds, test_fraction=test_fraction,
                             val_fraction=val_fraction, student_fraction=student_fraction,
-                            export_png=export_png, fold_cases=fold_cases or None, student_by=student_by)
+                            export_png=export_png, fold_cases=fold_cases or None, student_by=student_by,
+                            val_share=val_share)
 summary = pd.DataFrame({s: prepared[s]["summary"] for s in settings}).T
 display(summary)
 

@@ -189,3 +189,37 @@ def test_student_by_slice_takes_the_same_share_of_every_training_patient(phantom
 def test_student_by_must_be_patient_or_slice(phantom_cache):
     with pytest.raises(ConfigError, match="student_by"):
         make_split(SliceCache.load(phantom_cache), student_by="volume")
+
+
+@pytest.mark.parametrize("student_by", ["slice", "patient"])
+def test_val_share_holds_out_runs_of_every_training_patient(phantom_cache, student_by):
+    """val_share adds runs of consecutive slices of every training patient to the named
+    validation patient; they leave the training set, and no student trains on them."""
+    cache = SliceCache.load(phantom_cache)
+    names = list(cache.cases)
+    base = make_split(cache, test_cases=names[:1], val_cases=names[1:2], student_by=student_by)
+    s = make_split(cache, test_cases=names[:1], val_cases=names[1:2], student_by=student_by,
+                   val_share=0.25, val_block=3)
+    held = s["val_held_out"]
+    assert set(s["val"]) == set(base["val"]) | set(held) and not set(held) & set(base["val"])
+    assert set(s["train"]) == set(base["train"]) - set(held)
+    assert set(s["student_train"]) <= set(s["train"]) and not set(s["test"]) & set(s["val"])
+    assert s["train_cases"] == base["train_cases"]
+    for case in s["train_cases"]:
+        rows = sorted(cache.indices_of([case]).tolist())
+        mine = [i for i in held if i in set(rows)]
+        runs = [rows[k:k + 3] for k in range(0, len(rows), 3)]
+        # whole runs, about a quarter of them, never every run
+        assert mine and set(mine) == {i for r in runs if set(r) & set(mine) for i in r}
+        taken = sum(1 for r in runs if set(r) <= set(mine))
+        assert taken == min(len(runs) - 1, max(1, round(0.25 * len(runs))))
+    again = make_split(cache, test_cases=names[:1], val_cases=names[1:2], student_by=student_by,
+                       val_share=0.25, val_block=3)
+    assert again == s
+
+
+@pytest.mark.parametrize("kwargs", [{"val_share": 1.2}, {"val_share": -0.1}, {"val_block": 0},
+                                    {"val_block": True}, {"mode": "faithful", "val_share": 0.2}])
+def test_val_share_errors(phantom_cache, kwargs):
+    with pytest.raises(ConfigError):
+        make_split(SliceCache.load(phantom_cache), **kwargs)

@@ -718,3 +718,21 @@ def test_smoothing_and_warmup_keep_old_identities(tiny, tmp_path):
     # a cap that ends inside the warm-up still keeps a checkpoint: the last epoch
     m = _metrics(train.train(_baseline(tiny, epochs=2, warmup=5), tmp_path, progress=False))
     assert m["best_epoch"] == 2
+
+
+@pytest.mark.parametrize("rule", [
+    {"select_on": "loss"}, {"select_on": "dice"}, {"select_on": "dice", "smooth": 3},
+    {"select_on": "loss", "smooth": 2, "warmup": 2}, {"select_on": "dice", "warmup": 9}])
+def test_replaying_the_rules_on_a_history_gives_the_runs_own_choice(tiny, tmp_path, rule):
+    """replay_selection (what bench_selection applies to full trajectories) reaches the
+    epochs run and the kept epoch that the engine itself reached; on_epoch sees every epoch."""
+    seen = []
+    cfg = _baseline(tiny, epochs=8, patience=2, min_epochs=3, **rule)
+    run = train.train(cfg, tmp_path, progress=False, on_epoch=lambda e, m: seen.append((e, m.training)))
+    m = _metrics(run)
+    history = train.load_history(run).to_dict("records")
+    assert train.replay_selection(cfg, history) == (m["epochs_run"], m["best_epoch"])
+    assert seen == [(e, False) for e in range(1, m["epochs_run"] + 1)]
+    # the same trajectory without early stopping, replayed with the rule, stops where it did
+    full = train.load_history(train.train(replace(cfg, patience=0), tmp_path / "full", progress=False))
+    assert train.replay_selection(cfg, full.to_dict("records")) == (m["epochs_run"], m["best_epoch"])

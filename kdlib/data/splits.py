@@ -93,6 +93,22 @@ def _check_fraction(name: str, value: float, low_open: bool = True,
     return value
 
 
+def _held_out_runs(cache, cases: list[str], share: float, block: int,
+                   rng: np.random.Generator) -> list[int]:
+    """`share` of each case's slices (at least one run, never all of them), as whole runs of
+    `block` consecutive slices in the cache's slice order, drawn with `rng`."""
+    held: list[int] = []
+    for case in sorted(cases):
+        rows = _sorted_ints(cache.indices_of([case]))
+        runs = [rows[i:i + block] for i in range(0, len(rows), block)]
+        if len(runs) < 2:
+            continue  # a patient of one run keeps it for training
+        n_runs = min(len(runs) - 1, max(1, int(round(share * len(runs)))))
+        for k in sorted(rng.choice(len(runs), size=n_runs, replace=False).tolist()):
+            held += runs[k]
+    return _sorted_ints(held)
+
+
 def _named_cases(cache, names, what: str) -> list[str] | None:
     """Validate a list of patient names against the cache (None: not named)."""
     if names is None:
@@ -115,12 +131,15 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
                val_fraction: float = 0.2, student_fraction: float = 0.5,
                folds: int | None = None, fold: int | None = None,
                test_cases: list[str] | None = None, val_cases: list[str] | None = None,
-               student_by: str = "patient") -> dict:
+               student_by: str = "patient", val_share: float = 0.0, val_block: int = 4) -> dict:
     """Split a cache (SliceCache or path) into train/val/test/student_train index lists.
 
     `test_cases` / `val_cases` name the test / validation patients instead of drawing them.
     `student_by`: "patient" (whole training patients) or "slice" (the same share of every
-    training patient's slices)."""
+    training patient's slices). `val_share` > 0 (patient mode) adds to the validation set that
+    share of every training patient's slices, drawn as runs of `val_block` consecutive
+    slices (neighbouring slices are near copies: whole runs leak less than single slices), so
+    that validation represents every source the models train on, not one patient."""
     cache = _load_cache(cache)
     n = len(cache)
     if n == 0:
@@ -130,6 +149,13 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
     test_fraction = _check_fraction("test_fraction", test_fraction)
     val_fraction = _check_fraction("val_fraction", val_fraction, low_open=False)
     student_fraction = _check_fraction("student_fraction", student_fraction, high_open=False)
+    val_share = _check_fraction("val_share", val_share, low_open=False)
+    if isinstance(val_block, bool) or not isinstance(val_block, (int, np.integer)) or val_block < 1:
+        raise ConfigError(f"val_block must be a positive integer, got {val_block!r}", None,
+                          "e.g. val_block=4 (runs of 4 consecutive slices)")
+    if val_share and mode == "faithful":
+        raise ConfigError("val_share is for mode='patient' (the faithful split validates on "
+                          "its test set)", None, "drop val_share")
     seed = int(seed)
     if student_by not in ("patient", "slice"):
         raise ConfigError(f"student_by={student_by!r} is not 'patient' or 'slice'", None,
@@ -242,11 +268,22 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
             n_val = max(1, int(round(val_fraction * len(train))))
             chosen, rest = _take(val_rng, train, n_val)
             val, train = _sorted_ints(chosen), _sorted_ints(rest)
+        if val_share:
+            held = _held_out_runs(cache, train_cases, val_share, int(val_block),
+                                  np.random.default_rng([seed, 3, sub]))
+            remaining = set(train)
+            held = [i for i in held if i in remaining]
+            taken = set(held)
+            val, train = _sorted_ints(val + held), [i for i in train if i not in taken]
+            extra["val_by"] += f" + {val_share:g} of every training patient's slices " \
+                f"(runs of {int(val_block)})"
+            extra.update(val_share=val_share, val_block=int(val_block), val_held_out=held)
         st_rng = np.random.default_rng([seed, 2, sub])
+        training = set(train)  # a student trains on the teacher's training slices only
         if student_by == "slice":
             student = []
             for case in sorted(train_cases):
-                rows = _sorted_ints(cache.indices_of([case]))
+                rows = [i for i in _sorted_ints(cache.indices_of([case])) if i in training]
                 n_case = max(1, int(round(student_fraction * len(rows))))
                 student += _take(st_rng, rows, n_case)[0]
             student = _sorted_ints(student)
@@ -255,7 +292,7 @@ def make_split(cache, mode: str = "patient", seed: int = 42, test_fraction: floa
         elif len(train_cases) >= 2:
             student_cases, _ = _take_patients(st_rng, list(train_cases), _case_sizes(cache),
                                               student_fraction, keep_one=False)
-            student = _sorted_ints(cache.indices_of(student_cases))
+            student = [i for i in _sorted_ints(cache.indices_of(student_cases)) if i in training]
             extra["student_by"] = "patient"
         else:
             n_st = max(1, int(round(student_fraction * len(train))))
