@@ -37,7 +37,7 @@ from .data.cache import SLAB, _resize, hu_to_uint8, move_new
 from .data.readers import (IMAGE_EXTS, ORIENT_OPS, NiftiVolume, _is_nifti, _label_like,
                            _read_2d, load_dicom_series, natural_key, nifti_stem, orient_slices,
                            parse_slice_name)
-from .errors import DataError, KdlibError, KdlibWarning
+from .errors import ConfigError, DataError, KdlibError, KdlibWarning
 from .io import read_json
 from .metrics import SegmentationMeter
 
@@ -195,6 +195,30 @@ def _publish(staging: Path, out: Path, inside: bool) -> None:
         move_new(staging / name, out / name)
 
 
+def model_preprocessing(manifest: Any, path: Path) -> tuple[int, bool, list[float]]:
+    """(size, faithful, HU window) of a model's cache manifest (`preprocessing.json` of a
+    published model), checked with the bounds `preprocess` applies: a model folder is input
+    like any other, and a size of 100000 would allocate without limit."""
+    from .data.cache import _check_params
+
+    fix = "restore the model's preprocessing.json (a copy of its cache's manifest.json)"
+    params = manifest.get("params") if isinstance(manifest, dict) else None
+    if not isinstance(params, dict):
+        raise DataError("not a cache manifest (no 'params' object)", path, fix)
+    mode = params.get("mode", "standard")
+    if mode not in ("standard", "faithful"):
+        raise DataError(f"mode must be 'standard' or 'faithful', got {mode!r}", path, fix)
+    faithful = mode == "faithful"
+    # a model trained on 8-bit slices only has no HU window: HU inputs get the thesis slices'
+    # own mapping (HU clipped to 0..255)
+    window = params.get("hu_window") or [0.0, 255.0]
+    try:
+        window = _check_params(params.get("size"), False, window, 0)
+    except ConfigError as exc:
+        raise DataError(str(exc).split(" -- ")[0], path, fix) from None
+    return int(params["size"]), faithful, list(window)
+
+
 def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "auto",
             device: str | None = None, orient: str = "none") -> dict[str, Any]:
     """Segment every input with the trained run `model`; returns a summary with slices/s."""
@@ -212,17 +236,14 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
     # a published model (pipeline.publish_models) carries its cache manifest with it
     published = run_dir / "preprocessing.json"
-    manifest = read_json(published if published.exists() else Path(cfg.cache) / "manifest.json")
-    params = manifest["params"]
-    faithful = params.get("mode") == "faithful"
-    # a model trained on 8-bit slices only has no HU window: HU inputs get the thesis slices'
-    # own mapping (HU clipped to 0..255)
-    window = params.get("hu_window") or [0.0, 255.0]
+    manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"
+    manifest = read_json(manifest_path)
+    size, faithful, window = model_preprocessing(manifest, manifest_path)
     items = _discover(Path(input), fmt)
     _check_outputs(items, out)
     dev = pick_device(device)
-    segment = _Segmenter(run_dir, _load_network(run_dir, dev), int(params["size"]), faithful,
-                         window, orient, device)
+    segment = _Segmenter(run_dir, _load_network(run_dir, dev), size, faithful, window, orient,
+                         device)
     n_slices, found = 0, 0
     try:
         staging, inside = _staging(out)
