@@ -258,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdlib: error: {where}{exc.strerror or exc} -- check the path, its permissions "
               "and the free disk space", file=sys.stderr)
         return 2
+    except MemoryError:  # an input larger than this machine can hold (checks refuse hostile ones)
+        print("kdlib: error: out of memory -- free memory, or give smaller inputs (split or "
+              "downsample them)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("kdlib: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

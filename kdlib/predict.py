@@ -252,7 +252,11 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
                         "choose an output folder you can write to") from None
     try:
         for item in items:
-            mask = _predict_one(item, segment, staging)
+            try:
+                mask = _predict_one(item, segment, staging)
+            except MemoryError:
+                raise DataError("not enough memory to segment this input", item.path,
+                                "free memory, or split or downsample the input") from None
             n_slices += mask.shape[2]
             found += int(mask.any())
         _publish(staging, out, inside)

@@ -63,3 +63,59 @@ def test_model_preprocessing_json_is_checked(run, tmp_path, capsys, change, word
                            "--out", tmp_path / "pred")
     assert_one_error(code, err, "preprocessing.json", *words)
     assert not (tmp_path / "pred").exists() and _no_staging(tmp_path)
+
+
+# ------------------------------------------------------------- 2. headers before allocating
+def _hostile_nifti(path: Path, shape, gz: bool) -> Path:
+    """A few-KB NIfTI whose header declares `shape` int16 voxels (the data is not there)."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(shape)
+    header.set_qform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    header.set_sform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    raw = header.binaryblock + b"\0" * 4 + b"\0" * 4000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(30000, 30000, 10), (4000, 4000, 4000)])
+@pytest.mark.parametrize("gz", [True, False])
+def test_hostile_nifti_header_is_refused_before_allocating(run, tmp_path, capsys, shape, gz):
+    import resource
+    import time
+
+    path = _hostile_nifti(tmp_path / "in" / ("big.nii.gz" if gz else "big.nii"), shape, gz)
+    assert path.stat().st_size < 5000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, path.name, "header")
+    assert time.perf_counter() - started < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+    assert not (tmp_path / "pred").exists() and _no_staging(tmp_path)
+
+
+def test_hostile_nifti_header_is_refused_by_preprocess(tmp_path, capsys):
+    path = _hostile_nifti(tmp_path / "msd" / "imagesTr" / "spleen_1.nii.gz", (30000, 30000, 10), True)
+    _hostile_nifti(tmp_path / "msd" / "labelsTr" / "spleen_1.nii.gz", (30000, 30000, 10), True)
+    code, _, err = run_cli(capsys, "preprocess", "--input", tmp_path / "msd", "--out",
+                           tmp_path / "cache")
+    assert_one_error(code, err, "spleen_1.nii.gz", "header")
+
+
+def test_memory_error_is_one_line(run, tmp_path, capsys, monkeypatch):
+    write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("kdlib.predict._Segmenter.__call__", no_memory)
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, "a.nii.gz", "memory")

@@ -227,6 +227,38 @@ def orient_slices(array: np.ndarray, op: str, inverse: bool = False) -> np.ndarr
 SLAB = 32  # slices read at a time: memory stays flat whatever the number of slices
 
 
+MAX_DIM = 32767  # voxels along one axis (NIfTI-1 stores dimensions as int16)
+MAX_VOXELS = 1 << 30  # voxels of one volume: its uint8 mask alone is then 1 GiB
+# deflate inflates at most 1032:1; a .gz file cannot hold more than this many bytes per byte
+MAX_DEFLATE_RATIO = 1032
+
+
+def check_declared_size(path: Path, shape: tuple, header) -> None:
+    """Refuse a header whose data cannot be in the file, before anything is allocated: its
+    voxel count x item size must fit in an uncompressed file, and in what a .gz file of this
+    size can inflate to (deflate's ratio is bounded); dimensions and voxel count are capped."""
+    fix = "the header does not match the data: re-export the file"
+    if any(not 0 < int(v) <= MAX_DIM for v in shape):
+        raise DataError(f"header declares shape {tuple(shape)} (each dimension must be 1.."
+                        f"{MAX_DIM})", path, fix)
+    voxels = int(np.prod([int(v) for v in shape], dtype=object))
+    if voxels > MAX_VOXELS:
+        raise DataError(f"header declares {voxels:,} voxels, more than kdlib reads in one "
+                        f"volume ({MAX_VOXELS:,})", path, "split or downsample the volume")
+    try:
+        need = int(header.get_data_offset()) + voxels * int(header.get_data_dtype().itemsize)
+        size = path.stat().st_size
+    except (OSError, TypeError, ValueError):
+        return
+    if path.name.lower().endswith(".gz"):
+        if need > size * MAX_DEFLATE_RATIO + (1 << 16):
+            raise DataError(f"header declares {need:,} bytes of data, more than a {size:,}-byte "
+                            ".gz file can hold", path, fix)
+    elif need > size:
+        raise DataError(f"header declares {need:,} bytes of data but the file has {size:,}",
+                        path, fix)
+
+
 class NiftiVolume:
     """One NIfTI file in the thesis orientation, read in slabs of slices.
 
@@ -256,6 +288,7 @@ class NiftiVolume:
         if len(shape) != 3:
             raise DataError(f"expected a 3D {kind} volume, got shape {shape}", path,
                             "give one 3D volume per file")
+        check_declared_size(self.path, shape, self._img.header)
         self.file_shape = shape
         self.affine, self.header = self._img.affine, self._img.header
         self.ornt = canonical_transform(self.affine)
@@ -276,6 +309,10 @@ class NiftiVolume:
                   4: (slice(None), slice(None), slice(start, stop), 0)}[ndim]
         try:
             raw = np.asarray(self._img.dataobj[slicer])
+        except MemoryError:
+            raise DataError(f"not enough memory to read slices {start}..{stop} of this "
+                            f"{self.kind} (shape {self.file_shape})", self.path,
+                            "free memory, or split or downsample the volume") from None
         except Exception as exc:  # noqa: BLE001
             raise self._unreadable(exc) from None
         if raw.ndim == 2:
