@@ -62,6 +62,7 @@ import torch
 
 from . import losses, metrics, models
 from .data import SliceCache, load_split
+from .data.splits import check_split
 from .errors import ConfigError, KdlibError
 from .io import (atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json,
                  remove_stale_tmp, sha256_file)
@@ -735,6 +736,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
 
     cache = SliceCache.load(cfg.cache)
     split = load_split(cfg.split)
+    check_split(split, cache, cfg.setting, cfg.split)
     select_key = "test" if cfg.selection == "test" else "val"
     layout = memory_format(cfg.model, dev, cfg.precision)
     train_data = SliceTensors(cache, split[cfg.train_subset], dev, layout)

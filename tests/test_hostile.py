@@ -119,3 +119,82 @@ def test_memory_error_is_one_line(run, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                            "--out", tmp_path / "pred")
     assert_one_error(code, err, "a.nii.gz", "memory")
+
+
+# ------------------------------------------------------------- 4. splits checked at training
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A phantom cache (3 patients x 8 slices, 16 px) and its patient split."""
+    from kdlib.data import SliceCache, make_split, preprocess, write_phantom_msd
+
+    root = tmp_path_factory.mktemp("small")
+    write_phantom_msd(root / "phantom", cases=3, seed=0, size=16, slices=8)
+    preprocess(root / "phantom", root / "cache", size=16)
+    cache = SliceCache.load(root / "cache")
+    return cache, make_split(cache, mode="patient", seed=0)
+
+
+def _broken(split, cache, how):
+    s = json.loads(json.dumps(split))
+    test_patient_slice = s["test"][0]
+    if how == "test=train":
+        s["test"] = list(s["train"])
+    elif how == "student holds a test patient":
+        s["student_train"] = s["student_train"] + [test_patient_slice]
+    elif how == "negative":
+        s["train"] = s["train"] + [-1]
+    elif how == "boolean":
+        s["train"] = [True] + s["train"]
+    elif how == "duplicate":
+        s["train"] = s["train"] + s["train"][:1]
+    elif how == "huge":
+        s["val"] = s["val"] + [10 ** 6]
+    elif how == "empty test":
+        s["test"] = []
+    elif how == "other cache":
+        s["cache_fingerprint"] = "0" * 16
+    elif how == "test patient slice in val":
+        s["val"] = sorted(s["val"] + [test_patient_slice])
+        s["test"] = [i for i in s["test"] if i != test_patient_slice]
+    return s
+
+
+HOW = ["test=train", "student holds a test patient", "negative", "boolean", "duplicate", "huge",
+       "empty test", "other cache", "test patient slice in val"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_check_split_refuses(small, how):
+    from kdlib.data.splits import check_split
+    from kdlib.errors import DataError
+
+    cache, split = small
+    check_split(split, cache, "corrected")  # the real split passes
+    with pytest.raises(DataError, match="split"):
+        check_split(_broken(split, cache, how), cache, "corrected", "split.json")
+
+
+def test_faithful_split_passes_in_the_faithful_setting(small):
+    from kdlib.data import make_split
+    from kdlib.data.splits import check_split
+    from kdlib.errors import DataError
+
+    cache, _ = small
+    faithful = make_split(cache, mode="faithful", seed=42)
+    check_split(faithful, cache, "faithful")  # val == test, as the thesis did
+    with pytest.raises(DataError, match="unseen patients"):
+        check_split(faithful, cache, "corrected")
+
+
+def test_training_refuses_a_bad_split_before_it_trains(small, tmp_path, monkeypatch):
+    from kdlib import train
+    from kdlib.errors import KdlibError
+
+    cache, split = small
+    (tmp_path / "split.json").write_text(json.dumps(_broken(split, cache, "test=train")))
+    called = []
+    monkeypatch.setattr(train, "_train_epoch", lambda *a, **k: called.append(1))
+    cfg = train.baseline_config("S1", cache.path, tmp_path / "split.json", epochs=1)
+    with pytest.raises(KdlibError, match="split.json.*share"):
+        train.train(cfg, tmp_path / "runs", progress=False)
+    assert not called
