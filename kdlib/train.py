@@ -397,8 +397,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model(run_dir: str | Path, device: torch.device, which: str = "best") -> torch.nn.Module:
-    """Rebuild a trained network from its run folder (config.json + checkpoints/<which>.pt)."""
+STORED_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what best.pt may hold
+
+
+def check_weights(weights: Any, model: torch.nn.Module, path: Path, finite: bool = True) -> None:
+    """Weights loaded from a file must be tensors of the kinds the network holds: floating
+    (fp16, bf16 or fp32) where it has floating tensors, integer where it has integer ones
+    (BatchNorm's counters), and finite (NaN weights predict empty or garbage masks)."""
+    fix = "delete the run folder and train it again"
+    if not isinstance(weights, dict):
+        raise KdlibError("not a kdlib checkpoint ('model' is not a table of weights)", path, fix)
+    expected = model.state_dict()
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise KdlibError(f"weight {key!r} is not a tensor", path, fix)
+        want = expected.get(key)
+        if want is None:
+            continue  # load_state_dict names unexpected keys
+        if want.is_floating_point():
+            if value.dtype not in STORED_FLOAT_DTYPES:
+                raise KdlibError(f"weight {key!r} has dtype {value.dtype}, not a float16/"
+                                 "bfloat16/float32 weight", path, fix)
+            if finite and not bool(torch.isfinite(value).all()):
+                raise KdlibError(f"weight {key!r} has NaN or infinite values", path, fix)
+        elif value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise KdlibError(f"weight {key!r} has dtype {value.dtype}, expected {want.dtype}",
+                             path, fix)
+
+
+def load_model(run_dir: str | Path, device: torch.device, which: str = "best",
+               finite: bool = True) -> torch.nn.Module:
+    """Rebuild a trained network from its run folder (config.json + checkpoints/<which>.pt).
+    Its weights are checked first (`check_weights`; `finite=False` lets a diverged run's own
+    NaN weights through, for its test metrics)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise KdlibError("not a run folder (no config.json)", run_dir,
@@ -407,6 +438,7 @@ def load_model(run_dir: str | Path, device: torch.device, which: str = "best") -
     ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
     state = load_checkpoint(ckpt_path)
     model = models.build(cfg.model, **cfg.model_kwargs)
+    check_weights(state["model"], model, ckpt_path, finite=finite)
     try:
         model.load_state_dict(state["model"])  # fp16-stored weights are upcast on copy
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -860,7 +892,7 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     then metrics.json (marks completion), then drop last.pt unless it is to be kept."""
     # in NCHW, as `infer` and `kdlib predict` run a stored network, whatever layout trained it
     test_data = SliceTensors(cache, split["test"], dev)
-    best_model = load_model(run_dir, dev)
+    best_model = load_model(run_dir, dev, finite=False)  # a diverged run still gets its record
     last_model = last_model.to(memory_format=torch.contiguous_format)
     result = evaluate_model(best_model, test_data, cfg.threshold, dev, precision=cfg.precision,
                             with_recon=cfg.role == "teacher")

@@ -198,3 +198,24 @@ def test_training_refuses_a_bad_split_before_it_trains(small, tmp_path, monkeypa
     with pytest.raises(KdlibError, match="split.json.*share"):
         train.train(cfg, tmp_path / "runs", progress=False)
     assert not called
+
+
+# ------------------------------------------------------------- 6. weights validated
+@pytest.mark.parametrize("how", ["nan", "int64", "complex", "float64"])
+def test_bad_weights_are_refused(run, tmp_path, capsys, how):
+    import torch
+
+    copy = _copy_run(run, tmp_path)
+    best = copy / "checkpoints" / "best.pt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point() and v.ndim == 4)
+    value = state["model"][key].float()
+    state["model"][key] = {"nan": value.clone().fill_(float("nan")), "int64": value.long(),
+                           "complex": value.to(torch.complex64),
+                           "float64": value.double()}[how]
+    torch.save(state, best)
+    write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
+    code, _, err = run_cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, "best.pt", key)
+    assert not (tmp_path / "pred").exists()
