@@ -132,6 +132,7 @@ class _Segmenter:
         self.run_dir, self.network, self.size = run_dir, network, size
         self.faithful, self.window, self.orient, self.device = faithful, window, orient, device
         self.seconds = 0.0
+        self.flattened: list[str] = []  # colour or transparent slices flattened to grey
 
     def __call__(self, slabs, shape: tuple, eight_bit: bool) -> np.ndarray:
         from .train import infer
@@ -176,9 +177,40 @@ def _staging(out: Path) -> tuple[Path, bool]:
     renamed to `out`). Created with the umask's permissions."""
     inside = out.is_dir()
     base = out if inside else next(p for p in out.absolute().parents if p.is_dir())
+    remove_stale_staging(base)
     staging = base / f".kdlib-predict.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     return staging, inside
+
+
+_STAGING = re.compile(r"^\.kdlib-predict\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's live process (or a number we cannot test): keep it
+    return True
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Delete the staging folders that a killed `predict` left in `folder` (those whose PID
+    is no longer running; a live run's own staging is left alone)."""
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])) \
+                and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _publish(staging: Path, out: Path, inside: bool) -> None:
@@ -270,7 +302,11 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    counts = manifest.get("counts", {})
+    if segment.flattened:
+        warnings.warn(f"{len(segment.flattened)} colour or transparent slice file(s) were "
+                      f"flattened to grey, e.g. {segment.flattened[0]}", KdlibWarning,
+                      stacklevel=2)
+    counts = manifest.get("counts", {}) if isinstance(manifest.get("counts"), dict) else {}
     trained_positive = counts.get("positive_slices", 0) / max(1, counts.get("slices", 0))
     if items and not found and trained_positive > MOSTLY_POSITIVE:
         warnings.warn(f"the model was trained with spleen on {trained_positive:.0%} of its "
@@ -288,13 +324,13 @@ def _predict_one(item: InputItem, segment: _Segmenter, staging: Path) -> np.ndar
         volume = NiftiVolume(item.path, "image")
         mask = segment(volume.slabs(), volume.shape, eight_bit=False)
         _write_nifti(staging / f"{item.name}.nii.gz", volume.to_file_axes(mask), volume.affine,
-                     volume.header)
+                     volume.header, item)
     elif item.kind == "dicom":
         array, spacing, _ = load_dicom_series(item.path, "image")
         mask = segment(_array_slabs(array), array.shape, eight_bit=False)
-        _write_nifti(staging / f"{item.name}.nii.gz", mask, np.diag([*spacing, 1.0]), None)
+        _write_nifti(staging / f"{item.name}.nii.gz", mask, np.diag([*spacing, 1.0]), None, item)
     else:
-        frames = np.stack(_read_2d(item.path, "image"), axis=2)
+        frames = np.stack(_read_2d(item.path, "image", segment.flattened), axis=2)
         mask = segment(_array_slabs(frames), frames.shape, eight_bit=True)
         _write_png_masks(staging, item, mask)
     return mask
@@ -306,16 +342,30 @@ def _write_png_masks(folder: Path, item: InputItem, mask: np.ndarray) -> None:
     frames = mask.shape[2]
     for f in range(frames):
         name = f"{item.name}.png" if frames == 1 else f"{item.name}_f{f:02d}.png"
-        Image.fromarray(mask[:, :, f] * np.uint8(255)).save(folder / name, format="PNG")
+        with _create(folder / name, item) as handle:
+            Image.fromarray(mask[:, :, f] * np.uint8(255)).save(handle, format="PNG")
 
 
-def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header) -> None:
+def _create(dest: Path, item: InputItem):
+    """Open a new output file with exclusive creation: a name that another input (a GIF's
+    frames beside a file of the same name) already wrote is an error, never overwritten."""
+    try:
+        return open(dest, "xb")
+    except FileExistsError:
+        raise DataError(f"two inputs would both write {dest.name} (one of them is this one)",
+                        item.path, "rename one of them") from None
+
+
+def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header,
+                 item: InputItem) -> None:
     import nibabel as nib
 
     image = nib.Nifti1Image(np.ascontiguousarray(mask), affine, header)
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1, 0)
-    dest.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6))
+    data = gzip.compress(image.to_bytes(), compresslevel=6)
+    with _create(dest, item) as handle:
+        handle.write(data)
 
 
 # ------------------------------------------------------------------------------- evaluate

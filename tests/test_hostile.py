@@ -219,3 +219,46 @@ def test_bad_weights_are_refused(run, tmp_path, capsys, how):
                            "--out", tmp_path / "pred")
     assert_one_error(code, err, "best.pt", key)
     assert not (tmp_path / "pred").exists()
+
+
+# ------------------------------------------------------------- 8. no mask is lost
+def test_gif_frames_beside_a_file_of_the_same_name(run, tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    frames = [Image.fromarray(np.full((32, 32), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "in" / "x.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "in" / "x_f00.png")
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, "x_f00.png", "rename")
+    assert not (tmp_path / "pred").exists() and _no_staging(tmp_path)
+
+
+# ------------------------------------------------------------- 10. leftovers and small holes
+def test_killed_predicts_staging_is_cleaned(run, tmp_path, capsys):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".kdlib-predict.{dead.pid}.0123abcd.tmp"
+    (stale / "x").mkdir(parents=True)
+    live = tmp_path / f".kdlib-predict.{1}.0123abcd.tmp"  # PID 1 is alive
+    live.mkdir()
+    write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
+    code, _, _ = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                         "--out", tmp_path / "pred")
+    assert code == 0 and not stale.exists() and live.exists()
+
+
+def test_predict_warns_when_it_flattens_rgba(run, tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 3] = 128  # half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in" / "s_1.png")
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert code == 0 and len(err) == 1 and err[0].startswith("kdlib: warning:")
+    assert "flattened" in err[0] and "s_1.png" in err[0]
