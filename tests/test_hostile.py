@@ -262,3 +262,27 @@ def test_predict_warns_when_it_flattens_rgba(run, tmp_path, capsys):
                            "--out", tmp_path / "pred")
     assert code == 0 and len(err) == 1 and err[0].startswith("kdlib: warning:")
     assert "flattened" in err[0] and "s_1.png" in err[0]
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_atomic_path_never_replaces_a_file_created_meanwhile(tmp_path, monkeypatch, links):
+    import errno
+    import os
+
+    from kdlib.errors import KdlibError
+    from kdlib.io import atomic_path
+
+    if not links:  # a file system without hard links: renameat2(RENAME_NOREPLACE)
+        def no_link(src, dst, *a, **k):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    dest = tmp_path / "result.json"
+    with pytest.raises(KdlibError, match="meanwhile"):
+        with atomic_path(dest, overwrite=False) as tmp:
+            tmp.write_text("mine")
+            dest.write_text("theirs")  # another process finishes first
+    assert dest.read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    with atomic_path(tmp_path / "new.json", overwrite=False) as tmp:
+        tmp.write_text("fresh")
+    assert (tmp_path / "new.json").read_text() == "fresh"
