@@ -265,7 +265,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     if out.exists() and not out.is_dir():
         raise DataError("the output path is a file, not a folder", out,
                         "give a new or existing folder as --out")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
+    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
     # a published model (pipeline.publish_models) carries its cache manifest with it
     published = run_dir / "preprocessing.json"
     manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"

@@ -53,6 +53,7 @@ import math
 import random
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,7 +64,7 @@ import torch
 from . import losses, metrics, models
 from .data import SliceCache, load_split
 from .data.splits import check_split
-from .errors import ConfigError, KdlibError
+from .errors import ConfigError, KdlibError, KdlibWarning
 from .io import (atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json,
                  remove_stale_tmp, sha256_file)
 from .locks import folder_lock
@@ -169,9 +170,26 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: dict[str, Any], where: str | Path | None = None) -> "RunConfig":
+        """A config from its dict (a run's config.json); `where` names the file in errors."""
+        fix = "restore the run's config.json or delete the run folder and train it again"
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run configuration must be a JSON object, got "
+                              f"{type(data).__name__}", where, fix)
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ConfigError(f"run configuration lacks {', '.join(missing)}", where, fix)
+        names = {f.name for f in fields}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except ConfigError as exc:
+            raise ConfigError(str(exc), where, fix) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid run configuration ({str(exc).splitlines()[0][:100]})",
+                              where, fix) from None
 
     def identity(self) -> dict[str, Any]:
         """What the run folder's hash covers: the config plus the content of its inputs,
@@ -434,7 +452,7 @@ def load_model(run_dir: str | Path, device: torch.device, which: str = "best",
     if not (run_dir / "config.json").is_file():
         raise KdlibError("not a run folder (no config.json)", run_dir,
                          "point at a folder under results/<profile>/runs/")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
+    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
     ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
     state = load_checkpoint(ckpt_path)
     model = models.build(cfg.model, **cfg.model_kwargs)
@@ -936,9 +954,43 @@ def load_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
         # a `{}` or an interrupted write is no result; older records may lack the newer keys
         if not isinstance(result, dict) or not isinstance(result.get("pooled"), dict):
             continue
-        rows.append({"run_dir": str(run_dir), "config": read_json(run_dir / "config.json"),
-                     "metrics": result})
-    return rows
+        config = read_json(run_dir / "config.json")
+        RunConfig.from_dict(config, run_dir / "config.json")  # a list, missing keys: one line
+        rows.append({"run_dir": str(run_dir), "config": config, "metrics": result})
+    return _drop_duplicate_runs(rows)
+
+
+def record_identity(config: dict[str, Any]) -> str:
+    """A run record's identity from its config.json alone: the configuration less what is not
+    part of a run's identity, plus the data and split checksums its provenance recorded (what
+    `RunConfig.identity` hashes, without needing the cache). Copies of one run folder share it."""
+    ident = {k: v for k, v in config.items() if k not in NOT_IDENTITY and k != "provenance"}
+    for name, old_value in ADDED_LATER.items():
+        if ident.get(name, old_value) == old_value:
+            ident.pop(name, None)
+    for key in ("cache", "split", "teacher_run"):
+        if ident.get(key):
+            ident[key] = Path(str(ident[key])).name
+    prov = config.get("provenance") if isinstance(config.get("provenance"), dict) else {}
+    ident["data_checksum"], ident["split_checksum"] = prov.get("data_checksum"), prov.get("split_checksum")
+    return config_hash(ident)
+
+
+def _drop_duplicate_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run identity: a copied run folder is counted once (the folder named as
+    kdlib names runs, `<slug>-s<seed>-<hash>`, is kept), with a warning naming the copy."""
+    named = re.compile(r"-s-?\d+-[0-9a-f]{12}$")
+    order = sorted(range(len(rows)), key=lambda i: (not named.search(Path(rows[i]["run_dir"]).name),
+                                                    Path(rows[i]["run_dir"]).name))
+    kept: dict[str, int] = {}
+    for i in order:
+        key = record_identity(rows[i]["config"])
+        if key in kept:
+            warnings.warn(f"{rows[i]['run_dir']} is a copy of run {Path(rows[kept[key]]['run_dir']).name} "
+                          "(same configuration, data and split): counted once", KdlibWarning, stacklevel=3)
+            continue
+        kept[key] = i
+    return [rows[i] for i in sorted(kept.values())]
 
 
 def load_history(run_dir: str | Path):
@@ -954,7 +1006,7 @@ def infer(run_dir: str | Path, images_uint8: np.ndarray, device: str | None = No
     threshold rule), `prob`, and `recon` (N, S, S, grey) for multi-task teachers.
     Pass `model` (from `load_model`) to skip reloading it for every call."""
     dev = pick_device(device)
-    cfg = RunConfig.from_dict(read_json(Path(run_dir) / "config.json"))
+    cfg = RunConfig.from_dict(read_json(Path(run_dir) / "config.json"), Path(run_dir) / "config.json")
     model = model if model is not None else load_model(run_dir, dev)
     outputs: dict[str, list[np.ndarray]] = {"mask": [], "prob": [], "recon": []}
     images = torch.from_numpy(np.ascontiguousarray(images_uint8))

@@ -286,3 +286,34 @@ def test_atomic_path_never_replaces_a_file_created_meanwhile(tmp_path, monkeypat
     with atomic_path(tmp_path / "new.json", overwrite=False) as tmp:
         tmp.write_text("fresh")
     assert (tmp_path / "new.json").read_text() == "fresh"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"name": "x", "model": "S1"}', '"text"'])
+def test_bad_config_json_is_one_line(run, tmp_path, capsys, content):
+    copy = _copy_run(run, tmp_path / "runs")
+    (copy / "config.json").write_text(content)
+    write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
+    code, _, err = run_cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, "config.json")
+    code, _, err = run_cli(capsys, "report", "--profile", "smoke", "--runs", tmp_path / "runs",
+                           "--out", tmp_path / "report")
+    assert_one_error(code, err, "config.json")
+
+
+# ------------------------------------------------------------- 9. a copied run counted once
+def test_a_copied_run_folder_is_counted_once(run, tmp_path):
+    import warnings
+
+    from kdlib.errors import KdlibWarning
+    from kdlib.train import load_runs
+
+    runs = tmp_path / "runs"
+    _copy_run(run, runs)
+    shutil.copytree(runs / run.name, runs / f"{run.name}-copy")
+    with pytest.warns(KdlibWarning, match="copy"):
+        rows = load_runs(runs)
+    assert [Path(r["run_dir"]).name for r in rows] == [run.name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_runs(run.parent)) == 1  # no copy: no warning
