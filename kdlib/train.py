@@ -645,8 +645,17 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write a checkpoint atomically; a full disk (torch raises OSError or a RuntimeError
+    from its zip writer) is one line, and no half-written file is left behind."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or
+                                                    [type(exc).__name__])[0][:120]
+        raise KdlibError(f"cannot write the checkpoint ({reason})", path,
+                         "free disk space (or check the folder's permissions) and run the same "
+                         "command again: training resumes") from None
 
 
 def _stored_weights(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:

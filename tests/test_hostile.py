@@ -317,3 +317,30 @@ def test_a_copied_run_folder_is_counted_once(run, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(load_runs(run.parent)) == 1  # no copy: no warning
+
+
+def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from kdlib import train
+    from kdlib.errors import KdlibError
+
+    def full(state, f, *a, **k):
+        Path(f).write_bytes(b"PK half")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(KdlibError, match="best.pt.*cannot write the checkpoint.*free disk") as info:
+        train._save_checkpoint(tmp_path / "best.pt", {"model": {}})
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+    def enospc(state, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(KdlibError, match="No space left"):
+        train._save_checkpoint(tmp_path / "best.pt", {"model": {}})
+    assert list(tmp_path.iterdir()) == []
