@@ -344,3 +344,19 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KdlibError, match="No space left"):
         train._save_checkpoint(tmp_path / "best.pt", {"model": {}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dicom_slice_in_another_orientation_is_refused(tmp_path, capsys):
+    import pydicom
+
+    from conftest import write_dicom_patient
+
+    patient = write_dicom_patient(tmp_path / "ircadb" / "p1", n=4, size=16)
+    for folder in ("PATIENT_DICOM", "MASKS_DICOM/spleen"):
+        path = patient / folder / "image_2"
+        ds = pydicom.dcmread(str(path))
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, -0.6]  # tilted by 37 degrees
+        ds.save_as(str(path))
+    code, _, err = run_cli(capsys, "preprocess", "--input", tmp_path / "ircadb", "--out",
+                           tmp_path / "cache")
+    assert_one_error(code, err, "image_2", "orientation")

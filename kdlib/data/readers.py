@@ -883,11 +883,35 @@ def _read_dicom_series(folder: Path, kind: str, with_pixels: bool = True):
         del ds.PixelData  # keep the header only; the pixels are in `pixels`
         items.append((_dicom_position(ds, path), pixels, path, ds, (slope, intercept)))
     items.sort(key=lambda t: t[0])
+    _check_orientations(items, kind)
     for a, b in zip(items, items[1:]):
         if abs(a[0] - b[0]) < 1e-4:
             raise DataError(f"two slices at the same position {a[0]:.3f} ({a[2].name} and "
                             f"{b[2].name})", b[2], "remove the duplicate slice")
     return items
+
+
+def _iop(ds):
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    try:
+        return None if iop is None or len(iop) != 6 else np.asarray([float(v) for v in iop])
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_orientations(items, kind: str) -> None:
+    """Every slice of a series must share the first slice's ImageOrientationPatient: a slice
+    in another orientation would be stacked as if it were parallel to the others."""
+    first = _iop(items[0][3])
+    for item in items[1:]:
+        iop = _iop(item[3])
+        if (first is None) != (iop is None) or \
+                (first is not None and not np.allclose(iop, first, atol=1e-3)):
+            shown = lambda v: "none" if v is None else "[" + ", ".join(f"{x:g}" for x in v) + "]"
+            raise DataError(f"slice has ImageOrientationPatient {shown(iop)} but the {kind} "
+                            f"series has {shown(first)} ({items[0][2].name})", item[2],
+                            "remove the slice: all slices of a series must share one "
+                            "orientation")
 
 
 def _dicom_position(ds, path) -> float:
