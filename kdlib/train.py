@@ -397,12 +397,37 @@ _TEACHER_OUTPUTS: dict[tuple, dict[str, torch.Tensor]] = {}
 ALL_TEACHER_TAPS = ("enc", "bottleneck", "dec", "logits")
 
 
+MAX_CHECKPOINT_BYTES = 8 << 30  # what one checkpoint may unpack to (the largest last.pt: ~0.5 GB)
+
+
+def _check_checkpoint_size(path: Path) -> None:
+    """torch.save writes a zip of stored (uncompressed) members; their sizes are read from
+    the zip's central directory without inflating anything. A checkpoint declaring more than
+    its own size (a deflated member that would inflate hugely) or MAX_CHECKPOINT_BYTES is
+    refused before torch reads it."""
+    import zipfile
+
+    fix = "delete the run folder and train it again"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise KdlibError(f"cannot load checkpoint (not a torch zip checkpoint: "
+                         f"{str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})",
+                         path, fix) from None
+    on_disk = path.stat().st_size
+    if declared > MAX_CHECKPOINT_BYTES or declared > 2 * on_disk + (1 << 20):
+        raise KdlibError(f"checkpoint declares {declared:,} bytes in a {on_disk:,}-byte file "
+                         "(kdlib's checkpoints are stored uncompressed)", path, fix)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a kdlib checkpoint safely (`weights_only=True`: tensors and plain types, never
     code). A missing, truncated, foreign or malicious file is a one-line KdlibError."""
     path = Path(path)
     if not path.is_file():
         raise KdlibError("no checkpoint", path, "train the run first (it may be unfinished)")
+    _check_checkpoint_size(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle payload, foreign format: all unreadable

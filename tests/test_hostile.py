@@ -360,3 +360,116 @@ def test_dicom_slice_in_another_orientation_is_refused(tmp_path, capsys):
     code, _, err = run_cli(capsys, "preprocess", "--input", tmp_path / "ircadb", "--out",
                            tmp_path / "cache")
     assert_one_error(code, err, "image_2", "orientation")
+
+
+# ------------------------------------------------------------- 3. archives inflate within a cap
+try:
+    from test_data_download import _sha, _tar_bytes, _zip_bytes, server  # noqa: F401 - fixture
+except ImportError:  # tests collected as a package
+    from tests.test_data_download import _sha, _tar_bytes, _zip_bytes, server  # noqa: F401
+
+
+def _tar_gz_bomb(unpacked: int = 30 << 20) -> bytes:
+    import gzip
+
+    tar = _tar_bytes({"Task09_Spleen/dataset.json": b"{}",
+                      "Task09_Spleen/imagesTr/zeros.nii": bytes(unpacked)})
+    return gzip.compress(tar, compresslevel=9)
+
+
+def test_tar_gz_bomb_is_refused_and_deleted(server, tmp_path, capsys):
+    bomb = _tar_gz_bomb()
+    assert len(bomb) < 100_000
+    server.files["/Task09_Spleen.tar.gz"] = bomb
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "download", "--out", out, "--url",
+                           server.url + "/Task09_Spleen.tar.gz", "--sha256", _sha(bomb))
+    assert_one_error(code, err, "Task09_Spleen.tar.gz", "allowed")
+    assert list(out.iterdir()) == []  # no archive, no task folder, no temporary folder
+
+
+def test_zip_bomb_in_ircadb_is_refused_before_inflating(server, tmp_path):
+    import resource
+
+    from kdlib.data import download as dl
+    from kdlib.errors import DataError
+
+    import io
+    import zipfile
+
+    buf, block = io.BytesIO(), bytes(1 << 20)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("MASKS_DICOM/spleen/image_0", "w", force_zip64=True) as member:
+            for _ in range(300):  # 300 MB of zeros, deflated, never held in memory
+                member.write(block)
+    archive = _zip_bytes({"3Dircadb1/3Dircadb1.1/MASKS_DICOM.zip": buf.getvalue()})
+    assert len(archive) < 1 << 20
+    server.files["/3Dircadb1.zip"] = archive
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="allowed"):
+        dl.download_ircadb(tmp_path / "d", url=server.url + "/3Dircadb1.zip", patients=[1],
+                           digests={}, notify=lambda _: None)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    assert not (tmp_path / "d" / "3Dircadb1.zip").exists()  # the rejected archive is gone
+    assert not list((tmp_path / "d" / "ircadb").iterdir())
+
+
+def test_download_refuses_file_urls_and_bad_sha256_before_downloading(server, tmp_path, capsys):
+    local = tmp_path / "Task09_Spleen.tar"
+    local.write_bytes(_tar_bytes({"Task09_Spleen/dataset.json": b"{}"}))
+    for dataset in ("msd", "ircadb", "thesis-slices"):
+        code, _, err = run_cli(capsys, "download", "--dataset", dataset, "--out", tmp_path / "o",
+                               "--url", local.as_uri())
+        assert_one_error(code, err, "file://", "http")
+    code, _, err = run_cli(capsys, "download", "--out", tmp_path / "o", "--url",
+                           server.url + "/Task09_Spleen.tar", "--sha256", "abc")
+    assert_one_error(code, err, "sha256", "64 hexadecimal")
+    assert server.requests == [] and not (tmp_path / "o").exists()
+
+
+def test_corrupt_archive_is_one_line_and_deleted(server, tmp_path, capsys):
+    import gzip
+
+    good = _tar_bytes({"Task09_Spleen/dataset.json": b"{}",
+                       "Task09_Spleen/x": __import__("os").urandom(20000)})
+    broken = gzip.compress(good)[:-5000]  # truncated
+    server.files["/Task09_Spleen.tar.gz"] = broken
+    code, _, err = run_cli(capsys, "download", "--out", tmp_path, "--url",
+                           server.url + "/Task09_Spleen.tar.gz", "--sha256", _sha(broken))
+    assert_one_error(code, err, "Task09_Spleen.tar.gz", "corrupt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_help_states_the_cap(capsys):
+    from kdlib.cli import UNPACK_HELP
+    from kdlib.data import download as dl
+
+    assert f"{dl.UNPACK_LIMIT >> 30} GiB" in UNPACK_HELP and f"{dl.UNPACK_RATIO}x" in UNPACK_HELP
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "download", "--help")
+    assert "GiB per data set" in " ".join(capsys.readouterr().out.split())
+
+
+def test_deflated_checkpoint_that_inflates_hugely_is_refused(run, tmp_path, capsys):
+    import resource
+    import zipfile
+
+    copy = _copy_run(run, tmp_path)
+    best = copy / "checkpoints" / "best.pt"
+    with zipfile.ZipFile(best) as original:
+        members = [(info, original.read(info)) for info in original.infolist()]
+    block = bytes(1 << 20)
+    with zipfile.ZipFile(best, "w", compression=zipfile.ZIP_DEFLATED) as bomb:
+        for info, data in members:
+            bomb.writestr(info.filename, data)
+        with bomb.open(f"{members[0][0].filename.split('/')[0]}/data/999", "w",
+                       force_zip64=True) as member:
+            for _ in range(300):  # 300 MB of zeros in about 300 KB
+                member.write(block)
+    assert best.stat().st_size < 2 << 20
+    write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, _, err = run_cli(capsys, "predict", "--model", copy, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, "best.pt", "declares")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
