@@ -473,3 +473,57 @@ def test_deflated_checkpoint_that_inflates_hugely_is_refused(run, tmp_path, caps
                            "--out", tmp_path / "pred")
     assert_one_error(code, err, "best.pt", "declares")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+# ------------------------------------------------------------- 5. a cache checked after writing
+@pytest.fixture
+def toy_cache(tmp_path):
+    from conftest import write_msd
+    from kdlib.data import preprocess
+
+    data = write_msd(tmp_path / "msd")
+    preprocess(data, tmp_path / "cache", size=16)
+    return data, tmp_path / "cache"
+
+
+def test_cache_records_a_checksum_per_array(toy_cache):
+    from kdlib.data.cache import ARRAY_FILES
+    from kdlib.io import read_json, sha256_file
+
+    _, cache = toy_cache
+    arrays = read_json(cache / "manifest.json")["arrays"]
+    assert {n: a["sha256"] for n, a in arrays.items()} == {n: sha256_file(cache / n) for n in ARRAY_FILES}
+
+
+def test_a_zeroed_mask_file_is_not_reused(toy_cache, capsys):
+    data, cache = toy_cache
+    masks = np.load(cache / "masks.npy")
+    np.save(cache / "masks.npy", np.zeros_like(masks))
+    code, out, err = run_cli(capsys, "preprocess", "--input", data, "--out", cache, "--size", 16)
+    assert_one_error(code, err, "masks.npy", "checksum", "preprocess again")
+    assert out == ""
+    from kdlib.data import SliceCache
+    from kdlib.errors import DataError
+
+    with pytest.raises(DataError, match="checksum"):
+        SliceCache.load(cache)
+
+
+@pytest.mark.parametrize("how", ["masks of 7", "float64 images x1000", "images (N, S)"])
+def test_cache_arrays_are_checked_when_loading_even_without_checksums(toy_cache, how):
+    from kdlib.data import SliceCache
+    from kdlib.errors import DataError
+
+    _, cache = toy_cache
+    manifest = json.loads((cache / "manifest.json").read_text())
+    del manifest["arrays"]  # as a cache made before checksums were recorded
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    SliceCache.load(cache)  # untouched: loads
+    if how == "masks of 7":
+        np.save(cache / "masks.npy", np.full_like(np.load(cache / "masks.npy"), 7))
+    elif how == "float64 images x1000":
+        np.save(cache / "images.npy", np.load(cache / "images.npy").astype(np.float64) * 1000)
+    else:
+        np.save(cache / "images.npy", np.load(cache / "images.npy")[:, :, 0])
+    with pytest.raises(DataError, match="masks.npy|images.npy"):
+        SliceCache.load(cache)
