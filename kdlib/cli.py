@@ -120,7 +120,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
     print(json.dumps(evaluate(args.pred, args.truth, fmt=args.format,
-                              case_pattern=args.case_pattern), indent=2))
+                              case_pattern=args.case_pattern,
+                              allow_missing=args.allow_missing), indent=2))
     return 0
 
 
@@ -224,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask_/image_ prefix, e.g. '_(?P<case>[^_]+)$' for <slice>_<organ>_<case>"
                         ".png. None: <case>_<slice> -> <case> (the text before the last "
                         "_<number>), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score only the cases (NIfTI) or slices (2D) that have a prediction; "
+                        "without it, a ground-truth case or mask with no prediction is an error "
+                        "(the output's `missing` lists them)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="regenerate a profile's tables, claims and summary from its run records")

@@ -418,13 +418,43 @@ def _binary_prediction(values: np.ndarray, path: Path) -> np.ndarray:
     return values > 0
 
 
+def _uncovered(missing: list[str], total: int, what: str, pred: Path, allow: bool) -> None:
+    if missing and not allow:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"no prediction for {len(missing)} of {total} ground-truth {what}: "
+                        f"{shown}", pred, "predict every one of them, or pass --allow-missing "
+                        "to score only those predicted")
+
+
+def _same_grid(path: Path, predicted: "NiftiVolume", truth_volume) -> None:
+    """A NIfTI prediction must lie on its truth's voxel grid: same shape, voxel sizes and (for
+    NIfTI truth) affine; a mask on another grid would be scored voxel by voxel regardless."""
+    fix = "predict from the same images the truth belongs to (same grid)"
+    true_shape = tuple(truth_volume.label.shape)
+    if tuple(predicted.shape) != true_shape:
+        raise DataError(f"prediction has shape {tuple(predicted.shape)}, truth {true_shape}",
+                        path, fix)
+    if not np.allclose(predicted.spacing, truth_volume.spacing, rtol=1e-3, atol=1e-4):
+        shown = lambda v: "x".join(f"{float(x):g}" for x in v)
+        raise DataError(f"prediction has voxels of {shown(predicted.spacing)} mm, truth "
+                        f"{shown(truth_volume.spacing)} mm", path, fix)
+    truth_path = Path(truth_volume.path) if truth_volume.path else None
+    if truth_volume.source in ("msd", "nifti") and truth_path is not None and _is_nifti(truth_path):
+        affine = NiftiVolume(truth_path, "label map").affine
+        if not np.allclose(predicted.affine, affine, rtol=1e-3, atol=1e-2):
+            raise DataError(f"prediction's affine differs from its truth's ({truth_path.name})",
+                            path, fix)
+
+
 def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
-             case_pattern: str | None = None) -> dict[str, Any]:
+             case_pattern: str | None = None, allow_missing: bool = False) -> dict[str, Any]:
     """Pooled, per-image and per-volume metrics of predicted masks against ground truth.
 
     2D masks are grouped into volumes by case id: by `case_pattern` (a regular expression
     searched in each name without its `mask_`/`image_` prefix; its group named `case`, else
-    its first group, else the whole match) or, by default, DEFAULT_CASE_RULE."""
+    its first group, else the whole match) or, by default, DEFAULT_CASE_RULE. Every truth case
+    (NIfTI) or mask (2D) needs a prediction unless `allow_missing` (the result's `missing`
+    lists those left out); a NIfTI prediction must be on its truth's grid."""
     from .data.readers import open_source
 
     pred, truth = Path(pred), Path(truth)
@@ -438,17 +468,20 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
     meter = SegmentationMeter()
     niftis = sorted(p for p in pred.iterdir() if _is_nifti(p))
     if niftis:
-        truths = {vol.case_id: vol.label for vol in open_source(truth, fmt, labels_only=True).volumes()}
-        for path in niftis:
-            case = nifti_stem(path)
+        truths = {vol.case_id: vol for vol in open_source(truth, fmt, labels_only=True).volumes()}
+        cases = [nifti_stem(p) for p in niftis]
+        for path, case in zip(niftis, cases):
             if case not in truths:
                 raise DataError(f"no ground truth for case {case!r}", path,
                                 f"the truth has cases {sorted(truths)[:5]}...")
-            predicted = _binary_prediction(NiftiVolume(path, "predicted mask").read(), path)
-            if predicted.shape != truths[case].shape:
-                raise DataError(f"prediction has shape {predicted.shape}, truth {truths[case].shape}",
-                                path, "predict from the same images the truth belongs to")
-            meter.update(np.moveaxis(predicted, 2, 0), np.moveaxis(truths[case] > 0, 2, 0),
+        missing = sorted((c for c in truths if c not in set(cases)), key=natural_key)
+        _uncovered(missing, len(truths), "case(s)", pred, allow_missing)
+        for path, case in zip(niftis, cases):
+            volume = NiftiVolume(path, "predicted mask")
+            _same_grid(path, volume, truths[case])
+            predicted = _binary_prediction(volume.read(), path)
+            meter.update(np.moveaxis(predicted, 2, 0),
+                         np.moveaxis(truths.pop(case).label > 0, 2, 0),
                          [case] * predicted.shape[2])
     else:
         masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
@@ -458,10 +491,14 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
         if not preds:
             raise DataError("no predicted masks (.png or .nii.gz)", pred, "run predict first")
         for path in preds:
-            key = _slice_key(path.stem)
-            if key not in truth_files:
+            if _slice_key(path.stem) not in truth_files:
                 raise DataError("no ground-truth mask with this name", path,
                                 f"masks are matched by file name in {masks_dir}")
+        covered = {_slice_key(p.stem) for p in preds}
+        missing = sorted((k for k in truth_files if k not in covered), key=natural_key)
+        _uncovered(missing, len(truth_files), "slice mask(s)", pred, allow_missing)
+        for path in preds:
+            key = _slice_key(path.stem)
             predicted = _binary_prediction(_read_2d(path, "mask")[0], path)
             true = _read_2d(truth_files[key], "mask")[0] > 127
             if predicted.shape != true.shape:
@@ -470,4 +507,5 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
             meter.update(predicted[None], true[None], [_case_of(key, path, pattern)])
     result = meter.result()
     result["pred"], result["truth"] = str(pred), str(truth)
+    result["missing"] = missing
     return result

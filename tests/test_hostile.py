@@ -527,3 +527,60 @@ def test_cache_arrays_are_checked_when_loading_even_without_checksums(toy_cache,
         np.save(cache / "images.npy", np.load(cache / "images.npy")[:, :, 0])
     with pytest.raises(DataError, match="masks.npy|images.npy"):
         SliceCache.load(cache)
+
+
+# ------------------------------------------------------------- 7. evaluate checks coverage and grid
+def _png(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _truth_msd(root: Path, cases=("spleen_1", "spleen_2"), shape=(8, 8, 3)):
+    label = np.zeros(shape, np.uint8)
+    label[2:5, 2:6, 1] = 1
+    for case in cases:
+        write_nifti(root / "imagesTr" / f"{case}.nii.gz", _ct(shape))
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", label)
+    return label
+
+
+def test_evaluate_refuses_uncovered_cases_unless_allowed(tmp_path, capsys):
+    label = _truth_msd(tmp_path / "truth")
+    write_nifti(tmp_path / "pred" / "spleen_1.nii.gz", label)
+    args = ["evaluate", "--pred", tmp_path / "pred", "--truth", tmp_path / "truth"]
+    code, _, err = run_cli(capsys, *args)
+    assert_one_error(code, err, "1 of 2", "spleen_2", "--allow-missing")
+    code, out, _ = run_cli(capsys, *args, "--allow-missing")
+    assert code == 0 and json.loads(out)["missing"] == ["spleen_2"]
+
+
+def test_evaluate_refuses_uncovered_slices_unless_allowed(tmp_path, capsys):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 255
+    for k in range(3):
+        _png(tmp_path / "truth" / "masks" / f"spleen_1_{k}.png", mask)
+    _png(tmp_path / "pred" / "spleen_1_0.png", mask)
+    args = ["evaluate", "--pred", tmp_path / "pred", "--truth", tmp_path / "truth"]
+    code, _, err = run_cli(capsys, *args)
+    assert_one_error(code, err, "2 of 3", "spleen_1_1")
+    code, out, _ = run_cli(capsys, *args, "--allow-missing")
+    assert code == 0 and json.loads(out)["missing"] == ["spleen_1_1", "spleen_1_2"]
+
+
+@pytest.mark.parametrize("grid", ["3 mm voxels", "shifted origin"])
+def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys, grid):
+    import nibabel as nib
+
+    label = _truth_msd(tmp_path / "truth", cases=("spleen_1",))
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # the truth's (conftest.write_nifti)
+    if grid == "3 mm voxels":
+        affine = np.diag([3.0, 3.0, 6.0, 1.0])
+    else:
+        affine[:3, 3] = [40.0, 0.0, 0.0]
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "pred" / "spleen_1.nii.gz"))
+    code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+                           tmp_path / "truth")
+    assert_one_error(code, err, "spleen_1.nii.gz", "voxels" if grid == "3 mm voxels" else "affine")
