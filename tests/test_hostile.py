@@ -584,3 +584,21 @@ def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys, grid):
     code, _, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
                            tmp_path / "truth")
     assert_one_error(code, err, "spleen_1.nii.gz", "voxels" if grid == "3 mm voxels" else "affine")
+
+
+def test_a_gif_whose_frames_decode_beyond_the_cap_is_refused(run, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from kdlib.data import readers
+
+    (tmp_path / "in").mkdir()
+    frames = []
+    for k in range(5):  # tiny changes: each frame stored as a few bytes, decoded to the canvas
+        plane = np.zeros((64, 64), np.uint8)
+        plane[k, k] = 255
+        frames.append(Image.fromarray(plane))
+    frames[0].save(tmp_path / "in" / "many.gif", save_all=True, append_images=frames[1:])
+    monkeypatch.setattr(readers, "MAX_2D_PIXELS", 64 * 64 * 4)  # the cap, scaled down
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "pred")
+    assert_one_error(code, err, "many.gif", "frame(s) of 64x64")

@@ -347,6 +347,7 @@ def download_thesis_slices(out: str | Path, url: str | None = None,
                         "delete it or choose another --out")
     checksums = dict(THESIS_GIF_SHA256 if checksums is None else checksums)
     base = (url or THESIS_GIF_URL).rstrip("/") + "/"
+    check_url(base)
     notify(THESIS_SLICES_NOTICE)
     staging = out / "thesis_slices.download"
     staging.mkdir(parents=True, exist_ok=True)

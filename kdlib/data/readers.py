@@ -616,6 +616,10 @@ def _is_colour(frame) -> bool:
                 or (rgba[..., 3] != 255).any())
 
 
+MAX_2D_PIXELS = 1 << 28  # pixels over all frames of one 2D file (a GIF's tiny frames each
+                        # decode to its full canvas): 256 MiB as grey
+
+
 def _read_2d(path: Path, kind: str, flattened: list | None = None) -> list[np.ndarray]:
     """All frames of an 8-bit image file as uint8 (H, W) arrays. Colour or transparent
     frames are flattened to grey (PIL's "L" conversion); such files are appended to
@@ -624,6 +628,12 @@ def _read_2d(path: Path, kind: str, flattened: list | None = None) -> list[np.nd
 
     try:
         with Image.open(path) as im:
+            width, height = im.size
+            count = int(getattr(im, "n_frames", 1) or 1)
+            if width * height * count > MAX_2D_PIXELS:  # before any frame is decoded
+                raise DataError(f"{kind} declares {count} frame(s) of {width}x{height} pixels, "
+                                f"more than kdlib reads from one file ({MAX_2D_PIXELS:,} "
+                                "pixels)", path, "split the file or give smaller slices")
             frames, colour = [], False
             for frame in ImageSequence.Iterator(im):
                 if frame.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
