@@ -856,6 +856,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
     history: list[dict[str, Any]] = []
     start_epoch, best, best_epoch, best_weights = 0, math.inf, 0, None
     if state is not None:
+        check_weights(state["model"], model, last_path, finite=False)  # a diverged run resumes as it was
         model.load_state_dict(state["model"])
         if distiller is not None:
             distiller.load_state_dict(state["distiller"])
