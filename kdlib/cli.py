@@ -26,6 +26,11 @@ ORIENT_HELP = ("turn every slice before the model sees it: none, rot90, rot180, 
                "first)")
 
 
+# kdlib.data.download.UNPACK_LIMIT / UNPACK_RATIO (written out: --help imports no data code)
+UNPACK_HELP = ("Unpacking is capped at 32 GiB per data set and at 100x the archive's size "
+               "(declared sizes are checked before anything is extracted)")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every option's default, except for required options (which have none) and
     help texts that already say their default in words."""
@@ -115,7 +120,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
     print(json.dumps(evaluate(args.pred, args.truth, fmt=args.format,
-                              case_pattern=args.case_pattern), indent=2))
+                              case_pattern=args.case_pattern,
+                              allow_missing=args.allow_missing), indent=2))
     return 0
 
 
@@ -172,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache folder: new, empty, or an identical finished cache (reused)")
     p.set_defaults(func=_cmd_preprocess)
 
-    p = sub.add_parser("download", help="download and unpack a public data set (resumable, checksum-verified)")
+    p = sub.add_parser("download", help="download and unpack a public data set (resumable, checksum-verified)",
+                       description="Download and unpack a public data set (resumable, checksum-"
+                                   "verified; http(s) addresses only). " + UNPACK_HELP + ".")
     p.add_argument("--dataset", default="msd", choices=["msd", "ircadb", "thesis-slices"],
                    help="msd: MSD Task09_Spleen -> OUT/Task09_Spleen; ircadb: 3D-IRCADb-01 "
                         "patients 1 and 7 -> OUT/ircadb (CC BY-NC-ND 4.0); thesis-slices: the "
@@ -180,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder to download and unpack into")
     p.add_argument("--url", default=None, help="another address for the archive (None: the "
                                                "data set's public source)")
-    p.add_argument("--sha256", default=None, help="expected checksum of the archive (None: the "
-                                                  "known one, where there is one)")
+    p.add_argument("--sha256", default=None, help="expected checksum of the archive, 64 hex "
+                                                  "digits (None: the known one, where there is one)")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("models", help="list the networks, parameter counts and tap shapes")
@@ -217,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask_/image_ prefix, e.g. '_(?P<case>[^_]+)$' for <slice>_<organ>_<case>"
                         ".png. None: <case>_<slice> -> <case> (the text before the last "
                         "_<number>), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score only the cases (NIfTI) or slices (2D) that have a prediction; "
+                        "without it, a ground-truth case or mask with no prediction is an error "
+                        "(the output's `missing` lists them)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="regenerate a profile's tables, claims and summary from its run records")
@@ -251,12 +263,17 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning
             return args.func(args)
     except KdlibError as exc:
-        print(f"kdlib: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split("\n"))  # one line, whatever a library put in the message
+        print(f"kdlib: error: {text}", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system said no: permissions, a full disk, a busy folder
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"kdlib: error: {where}{exc.strerror or exc} -- check the path, its permissions "
               "and the free disk space", file=sys.stderr)
+        return 2
+    except MemoryError:  # an input larger than this machine can hold (checks refuse hostile ones)
+        print("kdlib: error: out of memory -- free memory, or give smaller inputs (split or "
+              "downsample them)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlib: interrupted; rerun the same command to resume", file=sys.stderr)

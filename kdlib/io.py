@@ -7,6 +7,7 @@ run never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -69,10 +70,62 @@ def atomic_path(dest: str | Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = _tmp_path(dest)
     try:
         yield tmp
-        os.replace(tmp, dest)
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            try:
+                move_no_replace(tmp, dest)
+            except FileExistsError:
+                raise KdlibError("refusing to overwrite an existing result (another process "
+                                 "created it meanwhile)", dest,
+                                 "delete it or choose another output folder") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def _renameat2_noreplace(src: Path, dest: Path) -> bool:
+    """rename(2) that fails with EEXIST instead of replacing (Linux renameat2); False when
+    the C library or the file system does not offer it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dest), RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), str(dest))
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(dest))
+
+
+def move_no_replace(src: str | Path, dest: str | Path) -> None:
+    """Move the file `src` to `dest`, raising FileExistsError rather than replacing a file
+    that exists at `dest`, even one created a moment before: a hard link (then unlink), else
+    renameat2(RENAME_NOREPLACE); only a file system offering neither gets check-then-rename."""
+    src, dest = Path(src), Path(dest)
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        raise
+    except OSError:
+        if _renameat2_noreplace(src, dest):
+            return
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dest)) from None
+        os.replace(src, dest)
+        return
+    src.unlink()
 
 
 def atomic_write_bytes(dest: str | Path, data: bytes, overwrite: bool = True) -> Path:

@@ -37,7 +37,7 @@ from .data.cache import SLAB, _resize, hu_to_uint8, move_new
 from .data.readers import (IMAGE_EXTS, ORIENT_OPS, NiftiVolume, _is_nifti, _label_like,
                            _read_2d, load_dicom_series, natural_key, nifti_stem, orient_slices,
                            parse_slice_name)
-from .errors import DataError, KdlibError, KdlibWarning
+from .errors import ConfigError, DataError, KdlibError, KdlibWarning
 from .io import read_json
 from .metrics import SegmentationMeter
 
@@ -132,6 +132,7 @@ class _Segmenter:
         self.run_dir, self.network, self.size = run_dir, network, size
         self.faithful, self.window, self.orient, self.device = faithful, window, orient, device
         self.seconds = 0.0
+        self.flattened: list[str] = []  # colour or transparent slices flattened to grey
 
     def __call__(self, slabs, shape: tuple, eight_bit: bool) -> np.ndarray:
         from .train import infer
@@ -176,9 +177,40 @@ def _staging(out: Path) -> tuple[Path, bool]:
     renamed to `out`). Created with the umask's permissions."""
     inside = out.is_dir()
     base = out if inside else next(p for p in out.absolute().parents if p.is_dir())
+    remove_stale_staging(base)
     staging = base / f".kdlib-predict.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     return staging, inside
+
+
+_STAGING = re.compile(r"^\.kdlib-predict\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's live process (or a number we cannot test): keep it
+    return True
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Delete the staging folders that a killed `predict` left in `folder` (those whose PID
+    is no longer running; a live run's own staging is left alone)."""
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])) \
+                and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _publish(staging: Path, out: Path, inside: bool) -> None:
@@ -195,6 +227,30 @@ def _publish(staging: Path, out: Path, inside: bool) -> None:
         move_new(staging / name, out / name)
 
 
+def model_preprocessing(manifest: Any, path: Path) -> tuple[int, bool, list[float]]:
+    """(size, faithful, HU window) of a model's cache manifest (`preprocessing.json` of a
+    published model), checked with the bounds `preprocess` applies: a model folder is input
+    like any other, and a size of 100000 would allocate without limit."""
+    from .data.cache import _check_params
+
+    fix = "restore the model's preprocessing.json (a copy of its cache's manifest.json)"
+    params = manifest.get("params") if isinstance(manifest, dict) else None
+    if not isinstance(params, dict):
+        raise DataError("not a cache manifest (no 'params' object)", path, fix)
+    mode = params.get("mode", "standard")
+    if mode not in ("standard", "faithful"):
+        raise DataError(f"mode must be 'standard' or 'faithful', got {mode!r}", path, fix)
+    faithful = mode == "faithful"
+    # a model trained on 8-bit slices only has no HU window: HU inputs get the thesis slices'
+    # own mapping (HU clipped to 0..255)
+    window = params.get("hu_window") or [0.0, 255.0]
+    try:
+        window = _check_params(params.get("size"), False, window, 0)
+    except ConfigError as exc:
+        raise DataError(str(exc).split(" -- ")[0], path, fix) from None
+    return int(params["size"]), faithful, list(window)
+
+
 def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "auto",
             device: str | None = None, orient: str = "none") -> dict[str, Any]:
     """Segment every input with the trained run `model`; returns a summary with slices/s."""
@@ -209,20 +265,17 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     if out.exists() and not out.is_dir():
         raise DataError("the output path is a file, not a folder", out,
                         "give a new or existing folder as --out")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
+    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
     # a published model (pipeline.publish_models) carries its cache manifest with it
     published = run_dir / "preprocessing.json"
-    manifest = read_json(published if published.exists() else Path(cfg.cache) / "manifest.json")
-    params = manifest["params"]
-    faithful = params.get("mode") == "faithful"
-    # a model trained on 8-bit slices only has no HU window: HU inputs get the thesis slices'
-    # own mapping (HU clipped to 0..255)
-    window = params.get("hu_window") or [0.0, 255.0]
+    manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"
+    manifest = read_json(manifest_path)
+    size, faithful, window = model_preprocessing(manifest, manifest_path)
     items = _discover(Path(input), fmt)
     _check_outputs(items, out)
     dev = pick_device(device)
-    segment = _Segmenter(run_dir, _load_network(run_dir, dev), int(params["size"]), faithful,
-                         window, orient, device)
+    segment = _Segmenter(run_dir, _load_network(run_dir, dev), size, faithful, window, orient,
+                         device)
     n_slices, found = 0, 0
     try:
         staging, inside = _staging(out)
@@ -231,7 +284,11 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
                         "choose an output folder you can write to") from None
     try:
         for item in items:
-            mask = _predict_one(item, segment, staging)
+            try:
+                mask = _predict_one(item, segment, staging)
+            except MemoryError:
+                raise DataError("not enough memory to segment this input", item.path,
+                                "free memory, or split or downsample the input") from None
             n_slices += mask.shape[2]
             found += int(mask.any())
         _publish(staging, out, inside)
@@ -245,7 +302,11 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    counts = manifest.get("counts", {})
+    if segment.flattened:
+        warnings.warn(f"{len(segment.flattened)} colour or transparent slice file(s) were "
+                      f"flattened to grey, e.g. {segment.flattened[0]}", KdlibWarning,
+                      stacklevel=2)
+    counts = manifest.get("counts", {}) if isinstance(manifest.get("counts"), dict) else {}
     trained_positive = counts.get("positive_slices", 0) / max(1, counts.get("slices", 0))
     if items and not found and trained_positive > MOSTLY_POSITIVE:
         warnings.warn(f"the model was trained with spleen on {trained_positive:.0%} of its "
@@ -263,13 +324,13 @@ def _predict_one(item: InputItem, segment: _Segmenter, staging: Path) -> np.ndar
         volume = NiftiVolume(item.path, "image")
         mask = segment(volume.slabs(), volume.shape, eight_bit=False)
         _write_nifti(staging / f"{item.name}.nii.gz", volume.to_file_axes(mask), volume.affine,
-                     volume.header)
+                     volume.header, item)
     elif item.kind == "dicom":
         array, spacing, _ = load_dicom_series(item.path, "image")
         mask = segment(_array_slabs(array), array.shape, eight_bit=False)
-        _write_nifti(staging / f"{item.name}.nii.gz", mask, np.diag([*spacing, 1.0]), None)
+        _write_nifti(staging / f"{item.name}.nii.gz", mask, np.diag([*spacing, 1.0]), None, item)
     else:
-        frames = np.stack(_read_2d(item.path, "image"), axis=2)
+        frames = np.stack(_read_2d(item.path, "image", segment.flattened), axis=2)
         mask = segment(_array_slabs(frames), frames.shape, eight_bit=True)
         _write_png_masks(staging, item, mask)
     return mask
@@ -281,16 +342,30 @@ def _write_png_masks(folder: Path, item: InputItem, mask: np.ndarray) -> None:
     frames = mask.shape[2]
     for f in range(frames):
         name = f"{item.name}.png" if frames == 1 else f"{item.name}_f{f:02d}.png"
-        Image.fromarray(mask[:, :, f] * np.uint8(255)).save(folder / name, format="PNG")
+        with _create(folder / name, item) as handle:
+            Image.fromarray(mask[:, :, f] * np.uint8(255)).save(handle, format="PNG")
 
 
-def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header) -> None:
+def _create(dest: Path, item: InputItem):
+    """Open a new output file with exclusive creation: a name that another input (a GIF's
+    frames beside a file of the same name) already wrote is an error, never overwritten."""
+    try:
+        return open(dest, "xb")
+    except FileExistsError:
+        raise DataError(f"two inputs would both write {dest.name} (one of them is this one)",
+                        item.path, "rename one of them") from None
+
+
+def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header,
+                 item: InputItem) -> None:
     import nibabel as nib
 
     image = nib.Nifti1Image(np.ascontiguousarray(mask), affine, header)
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1, 0)
-    dest.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6))
+    data = gzip.compress(image.to_bytes(), compresslevel=6)
+    with _create(dest, item) as handle:
+        handle.write(data)
 
 
 # ------------------------------------------------------------------------------- evaluate
@@ -343,13 +418,43 @@ def _binary_prediction(values: np.ndarray, path: Path) -> np.ndarray:
     return values > 0
 
 
+def _uncovered(missing: list[str], total: int, what: str, pred: Path, allow: bool) -> None:
+    if missing and not allow:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"no prediction for {len(missing)} of {total} ground-truth {what}: "
+                        f"{shown}", pred, "predict every one of them, or pass --allow-missing "
+                        "to score only those predicted")
+
+
+def _same_grid(path: Path, predicted: "NiftiVolume", truth_volume) -> None:
+    """A NIfTI prediction must lie on its truth's voxel grid: same shape, voxel sizes and (for
+    NIfTI truth) affine; a mask on another grid would be scored voxel by voxel regardless."""
+    fix = "predict from the same images the truth belongs to (same grid)"
+    true_shape = tuple(truth_volume.label.shape)
+    if tuple(predicted.shape) != true_shape:
+        raise DataError(f"prediction has shape {tuple(predicted.shape)}, truth {true_shape}",
+                        path, fix)
+    if not np.allclose(predicted.spacing, truth_volume.spacing, rtol=1e-3, atol=1e-4):
+        shown = lambda v: "x".join(f"{float(x):g}" for x in v)
+        raise DataError(f"prediction has voxels of {shown(predicted.spacing)} mm, truth "
+                        f"{shown(truth_volume.spacing)} mm", path, fix)
+    truth_path = Path(truth_volume.path) if truth_volume.path else None
+    if truth_volume.source in ("msd", "nifti") and truth_path is not None and _is_nifti(truth_path):
+        affine = NiftiVolume(truth_path, "label map").affine
+        if not np.allclose(predicted.affine, affine, rtol=1e-3, atol=1e-2):
+            raise DataError(f"prediction's affine differs from its truth's ({truth_path.name})",
+                            path, fix)
+
+
 def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
-             case_pattern: str | None = None) -> dict[str, Any]:
+             case_pattern: str | None = None, allow_missing: bool = False) -> dict[str, Any]:
     """Pooled, per-image and per-volume metrics of predicted masks against ground truth.
 
     2D masks are grouped into volumes by case id: by `case_pattern` (a regular expression
     searched in each name without its `mask_`/`image_` prefix; its group named `case`, else
-    its first group, else the whole match) or, by default, DEFAULT_CASE_RULE."""
+    its first group, else the whole match) or, by default, DEFAULT_CASE_RULE. Every truth case
+    (NIfTI) or mask (2D) needs a prediction unless `allow_missing` (the result's `missing`
+    lists those left out); a NIfTI prediction must be on its truth's grid."""
     from .data.readers import open_source
 
     pred, truth = Path(pred), Path(truth)
@@ -363,17 +468,20 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
     meter = SegmentationMeter()
     niftis = sorted(p for p in pred.iterdir() if _is_nifti(p))
     if niftis:
-        truths = {vol.case_id: vol.label for vol in open_source(truth, fmt, labels_only=True).volumes()}
-        for path in niftis:
-            case = nifti_stem(path)
+        truths = {vol.case_id: vol for vol in open_source(truth, fmt, labels_only=True).volumes()}
+        cases = [nifti_stem(p) for p in niftis]
+        for path, case in zip(niftis, cases):
             if case not in truths:
                 raise DataError(f"no ground truth for case {case!r}", path,
                                 f"the truth has cases {sorted(truths)[:5]}...")
-            predicted = _binary_prediction(NiftiVolume(path, "predicted mask").read(), path)
-            if predicted.shape != truths[case].shape:
-                raise DataError(f"prediction has shape {predicted.shape}, truth {truths[case].shape}",
-                                path, "predict from the same images the truth belongs to")
-            meter.update(np.moveaxis(predicted, 2, 0), np.moveaxis(truths[case] > 0, 2, 0),
+        missing = sorted((c for c in truths if c not in set(cases)), key=natural_key)
+        _uncovered(missing, len(truths), "case(s)", pred, allow_missing)
+        for path, case in zip(niftis, cases):
+            volume = NiftiVolume(path, "predicted mask")
+            _same_grid(path, volume, truths[case])
+            predicted = _binary_prediction(volume.read(), path)
+            meter.update(np.moveaxis(predicted, 2, 0),
+                         np.moveaxis(truths.pop(case).label > 0, 2, 0),
                          [case] * predicted.shape[2])
     else:
         masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
@@ -383,10 +491,14 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
         if not preds:
             raise DataError("no predicted masks (.png or .nii.gz)", pred, "run predict first")
         for path in preds:
-            key = _slice_key(path.stem)
-            if key not in truth_files:
+            if _slice_key(path.stem) not in truth_files:
                 raise DataError("no ground-truth mask with this name", path,
                                 f"masks are matched by file name in {masks_dir}")
+        covered = {_slice_key(p.stem) for p in preds}
+        missing = sorted((k for k in truth_files if k not in covered), key=natural_key)
+        _uncovered(missing, len(truth_files), "slice mask(s)", pred, allow_missing)
+        for path in preds:
+            key = _slice_key(path.stem)
             predicted = _binary_prediction(_read_2d(path, "mask")[0], path)
             true = _read_2d(truth_files[key], "mask")[0] > 127
             if predicted.shape != true.shape:
@@ -395,4 +507,5 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
             meter.update(predicted[None], true[None], [_case_of(key, path, pattern)])
     result = meter.result()
     result["pred"], result["truth"] = str(pred), str(truth)
+    result["missing"] = missing
     return result

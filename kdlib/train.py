@@ -53,6 +53,7 @@ import math
 import random
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -62,7 +63,8 @@ import torch
 
 from . import losses, metrics, models
 from .data import SliceCache, load_split
-from .errors import ConfigError, KdlibError
+from .data.splits import check_split
+from .errors import ConfigError, KdlibError, KdlibWarning
 from .io import (atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json,
                  remove_stale_tmp, sha256_file)
 from .locks import folder_lock
@@ -168,9 +170,26 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: dict[str, Any], where: str | Path | None = None) -> "RunConfig":
+        """A config from its dict (a run's config.json); `where` names the file in errors."""
+        fix = "restore the run's config.json or delete the run folder and train it again"
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run configuration must be a JSON object, got "
+                              f"{type(data).__name__}", where, fix)
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ConfigError(f"run configuration lacks {', '.join(missing)}", where, fix)
+        names = {f.name for f in fields}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except ConfigError as exc:
+            raise ConfigError(str(exc), where, fix) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid run configuration ({str(exc).splitlines()[0][:100]})",
+                              where, fix) from None
 
     def identity(self) -> dict[str, Any]:
         """What the run folder's hash covers: the config plus the content of its inputs,
@@ -378,12 +397,37 @@ _TEACHER_OUTPUTS: dict[tuple, dict[str, torch.Tensor]] = {}
 ALL_TEACHER_TAPS = ("enc", "bottleneck", "dec", "logits")
 
 
+MAX_CHECKPOINT_BYTES = 8 << 30  # what one checkpoint may unpack to (the largest last.pt: ~0.5 GB)
+
+
+def _check_checkpoint_size(path: Path) -> None:
+    """torch.save writes a zip of stored (uncompressed) members; their sizes are read from
+    the zip's central directory without inflating anything. A checkpoint declaring more than
+    its own size (a deflated member that would inflate hugely) or MAX_CHECKPOINT_BYTES is
+    refused before torch reads it."""
+    import zipfile
+
+    fix = "delete the run folder and train it again"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise KdlibError(f"cannot load checkpoint (not a torch zip checkpoint: "
+                         f"{str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})",
+                         path, fix) from None
+    on_disk = path.stat().st_size
+    if declared > MAX_CHECKPOINT_BYTES or declared > 2 * on_disk + (1 << 20):
+        raise KdlibError(f"checkpoint declares {declared:,} bytes in a {on_disk:,}-byte file "
+                         "(kdlib's checkpoints are stored uncompressed)", path, fix)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a kdlib checkpoint safely (`weights_only=True`: tensors and plain types, never
     code). A missing, truncated, foreign or malicious file is a one-line KdlibError."""
     path = Path(path)
     if not path.is_file():
         raise KdlibError("no checkpoint", path, "train the run first (it may be unfinished)")
+    _check_checkpoint_size(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle payload, foreign format: all unreadable
@@ -396,16 +440,48 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model(run_dir: str | Path, device: torch.device, which: str = "best") -> torch.nn.Module:
-    """Rebuild a trained network from its run folder (config.json + checkpoints/<which>.pt)."""
+STORED_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what best.pt may hold
+
+
+def check_weights(weights: Any, model: torch.nn.Module, path: Path, finite: bool = True) -> None:
+    """Weights loaded from a file must be tensors of the kinds the network holds: floating
+    (fp16, bf16 or fp32) where it has floating tensors, integer where it has integer ones
+    (BatchNorm's counters), and finite (NaN weights predict empty or garbage masks)."""
+    fix = "delete the run folder and train it again"
+    if not isinstance(weights, dict):
+        raise KdlibError("not a kdlib checkpoint ('model' is not a table of weights)", path, fix)
+    expected = model.state_dict()
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise KdlibError(f"weight {key!r} is not a tensor", path, fix)
+        want = expected.get(key)
+        if want is None:
+            continue  # load_state_dict names unexpected keys
+        if want.is_floating_point():
+            if value.dtype not in STORED_FLOAT_DTYPES:
+                raise KdlibError(f"weight {key!r} has dtype {value.dtype}, not a float16/"
+                                 "bfloat16/float32 weight", path, fix)
+            if finite and not bool(torch.isfinite(value).all()):
+                raise KdlibError(f"weight {key!r} has NaN or infinite values", path, fix)
+        elif value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise KdlibError(f"weight {key!r} has dtype {value.dtype}, expected {want.dtype}",
+                             path, fix)
+
+
+def load_model(run_dir: str | Path, device: torch.device, which: str = "best",
+               finite: bool = True) -> torch.nn.Module:
+    """Rebuild a trained network from its run folder (config.json + checkpoints/<which>.pt).
+    Its weights are checked first (`check_weights`; `finite=False` lets a diverged run's own
+    NaN weights through, for its test metrics)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise KdlibError("not a run folder (no config.json)", run_dir,
                          "point at a folder under results/<profile>/runs/")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
+    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
     ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
     state = load_checkpoint(ckpt_path)
     model = models.build(cfg.model, **cfg.model_kwargs)
+    check_weights(state["model"], model, ckpt_path, finite=finite)
     try:
         model.load_state_dict(state["model"])  # fp16-stored weights are upcast on copy
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -594,8 +670,17 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write a checkpoint atomically; a full disk (torch raises OSError or a RuntimeError
+    from its zip writer) is one line, and no half-written file is left behind."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or
+                                                    [type(exc).__name__])[0][:120]
+        raise KdlibError(f"cannot write the checkpoint ({reason})", path,
+                         "free disk space (or check the folder's permissions) and run the same "
+                         "command again: training resumes") from None
 
 
 def _stored_weights(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
@@ -771,6 +856,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
 
     cache = SliceCache.load(cfg.cache)
     split = load_split(cfg.split)
+    check_split(split, cache, cfg.setting, cfg.split)
     select_key = "test" if cfg.selection == "test" else "val"
     layout = memory_format(cfg.model, dev, cfg.precision)
     train_data = SliceTensors(cache, split[cfg.train_subset], dev, layout)
@@ -806,6 +892,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
     history: list[dict[str, Any]] = []
     start_epoch, best, best_epoch, best_weights = 0, math.inf, 0, None
     if state is not None:
+        check_weights(state["model"], model, last_path, finite=False)  # a diverged run resumes as it was
         model.load_state_dict(state["model"])
         if distiller is not None:
             distiller.load_state_dict(state["distiller"])
@@ -893,7 +980,7 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     then metrics.json (marks completion), then drop last.pt unless it is to be kept."""
     # in NCHW, as `infer` and `kdlib predict` run a stored network, whatever layout trained it
     test_data = SliceTensors(cache, split["test"], dev)
-    best_model = load_model(run_dir, dev)
+    best_model = load_model(run_dir, dev, finite=False)  # a diverged run still gets its record
     last_model = last_model.to(memory_format=torch.contiguous_format)
     result = evaluate_model(best_model, test_data, cfg.threshold, dev, precision=cfg.precision,
                             with_recon=cfg.role == "teacher")
@@ -937,9 +1024,43 @@ def load_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
         # a `{}` or an interrupted write is no result; older records may lack the newer keys
         if not isinstance(result, dict) or not isinstance(result.get("pooled"), dict):
             continue
-        rows.append({"run_dir": str(run_dir), "config": read_json(run_dir / "config.json"),
-                     "metrics": result})
-    return rows
+        config = read_json(run_dir / "config.json")
+        RunConfig.from_dict(config, run_dir / "config.json")  # a list, missing keys: one line
+        rows.append({"run_dir": str(run_dir), "config": config, "metrics": result})
+    return _drop_duplicate_runs(rows)
+
+
+def record_identity(config: dict[str, Any]) -> str:
+    """A run record's identity from its config.json alone: the configuration less what is not
+    part of a run's identity, plus the data and split checksums its provenance recorded (what
+    `RunConfig.identity` hashes, without needing the cache). Copies of one run folder share it."""
+    ident = {k: v for k, v in config.items() if k not in NOT_IDENTITY and k != "provenance"}
+    for name, old_value in ADDED_LATER.items():
+        if ident.get(name, old_value) == old_value:
+            ident.pop(name, None)
+    for key in ("cache", "split", "teacher_run"):
+        if ident.get(key):
+            ident[key] = Path(str(ident[key])).name
+    prov = config.get("provenance") if isinstance(config.get("provenance"), dict) else {}
+    ident["data_checksum"], ident["split_checksum"] = prov.get("data_checksum"), prov.get("split_checksum")
+    return config_hash(ident)
+
+
+def _drop_duplicate_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run identity: a copied run folder is counted once (the folder named as
+    kdlib names runs, `<slug>-s<seed>-<hash>`, is kept), with a warning naming the copy."""
+    named = re.compile(r"-s-?\d+-[0-9a-f]{12}$")
+    order = sorted(range(len(rows)), key=lambda i: (not named.search(Path(rows[i]["run_dir"]).name),
+                                                    Path(rows[i]["run_dir"]).name))
+    kept: dict[str, int] = {}
+    for i in order:
+        key = record_identity(rows[i]["config"])
+        if key in kept:
+            warnings.warn(f"{rows[i]['run_dir']} is a copy of run {Path(rows[kept[key]]['run_dir']).name} "
+                          "(same configuration, data and split): counted once", KdlibWarning, stacklevel=3)
+            continue
+        kept[key] = i
+    return [rows[i] for i in sorted(kept.values())]
 
 
 def load_history(run_dir: str | Path):
@@ -955,7 +1076,7 @@ def infer(run_dir: str | Path, images_uint8: np.ndarray, device: str | None = No
     threshold rule), `prob`, and `recon` (N, S, S, grey) for multi-task teachers.
     Pass `model` (from `load_model`) to skip reloading it for every call."""
     dev = pick_device(device)
-    cfg = RunConfig.from_dict(read_json(Path(run_dir) / "config.json"))
+    cfg = RunConfig.from_dict(read_json(Path(run_dir) / "config.json"), Path(run_dir) / "config.json")
     model = model if model is not None else load_model(run_dir, dev)
     outputs: dict[str, list[np.ndarray]] = {"mask": [], "prob": [], "recon": []}
     images = torch.from_numpy(np.ascontiguousarray(images_uint8))

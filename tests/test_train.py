@@ -142,8 +142,11 @@ def test_predict_and_evaluate_on_real_slices_and_dicom(tiny, tmp_path):
     summary = json.loads(_cli("predict", "--model", run, "--input", dicom, "--format", "dicom",
                               "--out", tmp_path / "nii").splitlines()[-1])
     assert summary["slices"] == 129
-    report = json.loads(_cli("evaluate", "--pred", tmp_path / "nii", "--truth", dicom.parent))
+    # the truth folder holds patients 1 and 7: scoring one of them needs --allow-missing
+    report = json.loads(_cli("evaluate", "--pred", tmp_path / "nii", "--truth", dicom.parent,
+                             "--allow-missing"))
     assert list(report["per_volume"]["cases"]) == ["3Dircadb1.1"]
+    assert report["missing"] == ["3Dircadb1.7"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -323,6 +323,8 @@ def preprocess(input, out, fmt: str = "auto", size: int = 256, faithful: bool = 
             if export_png:
                 _export_png(folder / "png", arr_images, arr_masks, case_ids,
                             np.concatenate(slice_idx) if slice_idx else [])
+            manifest["arrays"] = {name: {"sha256": sha256_file(folder / name)}
+                                  for name in ARRAY_FILES}
         atomic_write_json(folder / "manifest.json", manifest)
 
     if not _commit(out, write):
@@ -338,7 +340,7 @@ def _existing_cache(out: Path, fingerprint: str, labels_only: bool) -> dict:
         raise DataError("output folder exists and is not a kdlib cache", out,
                         "choose another output folder (nothing is ever overwritten)")
     manifest = read_json(manifest_path)
-    if manifest.get("fingerprint") != fingerprint:
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
         raise ConfigError("a cache made with different parameters or inputs already "
                           "exists here", out,
                           "choose another output folder (caches are never overwritten)")
@@ -347,7 +349,57 @@ def _existing_cache(out: Path, fingerprint: str, labels_only: bool) -> dict:
     if missing:
         raise DataError(f"incomplete cache (missing {', '.join(missing)})", out,
                         "delete the folder and run preprocess again")
+    if not labels_only:  # reused only if its arrays are the ones it wrote
+        check_arrays(out, manifest, {name: np.load(out / name, mmap_mode="r",
+                                                   allow_pickle=False)
+                                     for name in ARRAY_FILES})
     return _summary(manifest, out, reused=True)
+
+
+_CHUNK = 1 << 22  # elements scanned at a time when checking values (memory stays flat)
+
+
+def _values(array: np.ndarray) -> set[int]:
+    """The distinct values of a uint8 array, counted in chunks."""
+    counts = np.zeros(256, np.int64)
+    rows = max(1, _CHUNK // max(1, int(np.prod(array.shape[1:], dtype=np.int64))))
+    for start in range(0, len(array), rows):
+        counts += np.bincount(np.asarray(array[start:start + rows]).ravel(), minlength=256)
+    return set(np.flatnonzero(counts).tolist())
+
+
+def check_arrays(path: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A cache's arrays are the ones preprocess wrote: the sha256 the manifest records for
+    each (caches made before checksums were recorded have none), the dtypes and shapes of
+    the layout, and the value sets (standard-mode masks 0/255; faithful masks are soft)."""
+    fix = "the cache was changed after it was written: delete the folder and run preprocess again"
+    recorded = manifest.get("arrays") if isinstance(manifest.get("arrays"), dict) else {}
+    for name in ARRAY_FILES:
+        want = (recorded.get(name) or {}).get("sha256") if isinstance(recorded.get(name), dict) \
+            else None
+        if want and (path / name).is_file() and sha256_file(path / name) != want:
+            raise DataError(f"{name} does not match the checksum in manifest.json", path / name, fix)
+    images, masks = arrays.get("images.npy"), arrays.get("masks.npy")
+    for name, arr in (("images.npy", images), ("masks.npy", masks)):
+        if arr is None or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+            raise DataError(f"{name} must be uint8 (N, S, S), got "
+                            f"{None if arr is None else (str(arr.dtype), arr.shape)}", path / name, fix)
+    if images.shape != masks.shape:
+        raise DataError(f"images.npy {images.shape} and masks.npy {masks.shape} differ", path, fix)
+    size = (manifest.get("params") or {}).get("size")
+    if isinstance(size, int) and len(images) and images.shape[1] != size:
+        raise DataError(f"images.npy holds {images.shape[1]}-pixel slices, the manifest says "
+                        f"{size}", path / "images.npy", fix)
+    for name, kinds in (("case_ids.npy", "U"), ("sources.npy", "U"), ("slice_index.npy", "iu")):
+        arr = arrays.get(name)
+        if arr is not None and (arr.dtype.kind not in kinds or arr.ndim != 1):
+            raise DataError(f"{name} has dtype {arr.dtype} and {arr.ndim} dimension(s)",
+                            path / name, fix)
+    if (manifest.get("params") or {}).get("mode") != "faithful":
+        odd = sorted(_values(masks) - {0, 255})
+        if odd:
+            raise DataError(f"masks.npy holds values {odd[:5]} (a standard cache's masks are "
+                            "0/255)", path / "masks.npy", fix)
 
 
 def _commit(out: Path, write) -> bool:
@@ -449,6 +501,9 @@ class SliceCache:
             raise DataError("not a slice cache (no manifest.json)", path,
                             "run `python -m kdlib preprocess --input ... --out DIR` first")
         manifest = read_json(path / "manifest.json")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("params", {}), dict):
+            raise DataError("manifest.json is not a cache manifest", path / "manifest.json",
+                            "delete the folder and run preprocess again")
         if manifest.get("params", {}).get("labels_only"):
             raise DataError("this is a labels-only inventory, not a slice cache", path,
                             "run preprocess without labels_only to build a cache")
@@ -465,6 +520,7 @@ class SliceCache:
             except Exception as exc:  # noqa: BLE001
                 raise DataError(f"cannot read {name} ({exc})", f,
                                 "delete the cache folder and run preprocess again") from None
+        check_arrays(path, manifest, arrays)
         n = len(arrays["case_ids.npy"])
         sources = arrays.get("sources.npy", np.asarray(["?"] * n))
         if not (len(arrays["images.npy"]) == len(arrays["masks.npy"]) == n

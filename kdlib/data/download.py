@@ -13,7 +13,6 @@ Interrupting a download keeps `<name>.part`; running the same call again resumes
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import re
@@ -34,6 +33,52 @@ from ..progress import bar
 DEFAULT_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task09_Spleen.tar"
 DEFAULT_MD5 = "410d4a301da4e5b2f6f86ec3ddba524e"  # published by MONAI's spleen tutorial
 _RETRY = "run the same command again: the download resumes where it stopped"
+
+
+# What one data set may unpack, whatever its archive declares (MSD Task09_Spleen unpacks to
+# 1.6 GB, the two 3D-IRCADb patients to 0.2 GB): at most UNPACK_LIMIT bytes, and at most
+# UNPACK_RATIO times the archive's own size (a 300 KB archive cannot fill the disk).
+UNPACK_LIMIT = 32 << 30
+UNPACK_RATIO = 100
+COPY_CHUNK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Rejected(DataError):
+    """An archive refused for what it holds (unsafe, oversized, corrupt): deleted at once."""
+
+
+def unpack_budget(archive: Path) -> int:
+    """Bytes a data set may unpack from `archive` (UNPACK_LIMIT, UNPACK_RATIO)."""
+    return min(UNPACK_LIMIT, UNPACK_RATIO * Path(archive).stat().st_size + (1 << 20))
+
+
+def _too_big(declared: int, budget: int, archive: Path) -> DataError:
+    return _Rejected(f"archive declares at least {declared:,} bytes to unpack, more than the "
+                     f"{budget:,} allowed ({UNPACK_LIMIT >> 30} GiB per data set, "
+                     f"{UNPACK_RATIO}x the archive's size); it was deleted", archive,
+                     "check --url: this is not the data set's archive")
+
+
+def check_url(url: str) -> None:
+    """Only http(s) addresses are downloaded (a file:// or ftp:// URL reads elsewhere)."""
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DataError(f"only http:// and https:// addresses can be downloaded, not "
+                        f"{scheme or 'a bare path'}://", url,
+                        "give the archive's web address (copy a local archive into --out "
+                        "instead)")
+
+
+def check_sha256(sha256: str | None) -> None:
+    if sha256 is not None and not _SHA256.match(str(sha256).strip()):
+        raise DataError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}", None,
+                        "give the archive's sha256 (e.g. from `sha256sum`), or leave it out")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 def _archive_name(url: str) -> tuple[str, str]:
@@ -112,7 +157,7 @@ def _check_name(name: str, archive: Path) -> tuple[str, ...]:
     """The path parts of an archive member; DataError for absolute or `..` paths."""
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
-        raise DataError(f"unsafe path in archive: {name!r} (points outside the target folder)",
+        raise _Rejected(f"unsafe path in archive: {name!r} (points outside the target folder)",
                         archive, "do not unpack this archive; check where it came from")
     return parts
 
@@ -121,10 +166,10 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     _check_name(name, archive)
     if member.issym() or member.islnk():
-        raise DataError(f"archive contains a link ({name!r} -> {member.linkname!r}); refusing "
+        raise _Rejected(f"archive contains a link ({name!r} -> {member.linkname!r}); refusing "
                         "to unpack links", archive, "check where the archive came from")
     if not (member.isfile() or member.isdir()):
-        raise DataError(f"archive contains a special file ({name!r})", archive,
+        raise _Rejected(f"archive contains a special file ({name!r})", archive,
                         "check where the archive came from")
 
 
@@ -135,23 +180,29 @@ def safe_extract(archive: Path, out: Path, dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=out))
     try:
         try:
+            budget, declared = unpack_budget(archive), 0
             with tarfile.open(archive) as tar:
-                members = tar.getmembers()
-                for member in members:
+                members = []
+                for member in tar:  # declared sizes, before anything is extracted
                     _check_member(member, archive)
+                    declared += member.size
+                    if declared > budget:
+                        raise _too_big(declared, budget, archive)
+                    members.append(member)
                 root = tmp.resolve()
                 for member in members:
                     target = (tmp / member.name).resolve()
                     if target != root and root not in target.parents:
-                        raise DataError(f"unsafe path in archive: {member.name!r}", archive,
+                        raise _Rejected(f"unsafe path in archive: {member.name!r}", archive,
                                         "check where the archive came from")
                 if hasattr(tarfile, "data_filter"):
                     tar.extractall(tmp, members=members, filter="data")
                 else:  # pragma: no cover - Python < 3.11.4
                     tar.extractall(tmp, members=members)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DataError(f"cannot unpack the archive ({exc}); it is corrupt or truncated",
-                            archive, "delete it and run the command again") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise DataError(f"cannot unpack the archive ({_one_line(exc)}); it is corrupt or "
+                            "truncated", archive, "it was deleted: run the command again")\
+                from None
         found = [p.parent for p in tmp.rglob("dataset.json")
                  if not p.name.startswith(".")]
         if len(found) != 1:
@@ -177,6 +228,8 @@ def download_msd(out: str | Path, url: str | None = None, sha256: str | None = N
         url = DEFAULT_URL
         if sha256 is None and md5 is None:
             md5 = DEFAULT_MD5
+    check_url(url)
+    check_sha256(sha256)
     name, stem = _archive_name(url)
     dest = out / stem
     if dest.exists():
@@ -195,7 +248,11 @@ def download_msd(out: str | Path, url: str | None = None, sha256: str | None = N
     except DataError:
         archive.unlink(missing_ok=True)
         raise
-    safe_extract(archive, out, dest)
+    try:
+        safe_extract(archive, out, dest)
+    except DataError:
+        archive.unlink(missing_ok=True)  # a rejected archive does not stay behind
+        raise
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return dest
@@ -290,6 +347,7 @@ def download_thesis_slices(out: str | Path, url: str | None = None,
                         "delete it or choose another --out")
     checksums = dict(THESIS_GIF_SHA256 if checksums is None else checksums)
     base = (url or THESIS_GIF_URL).rstrip("/") + "/"
+    check_url(base)
     notify(THESIS_SLICES_NOTICE)
     staging = out / "thesis_slices.download"
     staging.mkdir(parents=True, exist_ok=True)
@@ -358,21 +416,45 @@ def _kept_path(parts: tuple[str, ...]) -> tuple[str, ...] | None:
     return None
 
 
-def _unpack_patient(archive_zip: zipfile.ZipFile, patient: int, out: Path, archive: Path) -> int:
+class _Budget:
+    """Bytes left to unpack for one data set; declared sizes are charged before copying."""
+
+    def __init__(self, archive: Path):
+        self.archive, self.limit, self.used = archive, unpack_budget(archive), 0
+
+    def charge(self, size: int) -> None:
+        self.used += int(size)
+        if self.used > self.limit:
+            raise _too_big(self.used, self.limit, self.archive)
+
+
+def _copy_member(archive_zip: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
+                 budget: _Budget) -> None:
+    """One zip member to `target` in chunks, its declared size charged first (zipfile reads
+    no more than the declared size, so memory and disk stay bounded)."""
+    budget.charge(info.file_size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with archive_zip.open(info) as source, open(target, "wb") as handle:
+        shutil.copyfileobj(source, handle, COPY_CHUNK)
+
+
+def _unpack_patient(archive_zip: zipfile.ZipFile, patient: int, out: Path, archive: Path,
+                    budget: _Budget | None = None) -> int:
     """Copy one patient's CT series and spleen mask out of the 3D-IRCADb archive.
 
     The archive nests a zip per part (`3Dircadb1.<n>/PATIENT_DICOM.zip`, `MASKS_DICOM.zip`);
-    already unpacked folders are accepted as well. Returns the number of files written."""
+    already unpacked folders are accepted as well. Every member is copied in chunks, its
+    declared size charged to `budget` first (nested zips go through a temporary file, not
+    memory). Returns the number of files written."""
     folder_name = f"3Dircadb1.{patient}"
+    budget = budget or _Budget(archive)
     written = 0
 
-    def keep(parts: tuple[str, ...], read) -> None:
+    def keep(source: zipfile.ZipFile, info: zipfile.ZipInfo, parts: tuple[str, ...]) -> None:
         nonlocal written
         kept = _kept_path(parts)
         if kept:
-            target = out.joinpath(*kept)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(read())
+            _copy_member(source, info, out.joinpath(*kept), budget)
             written += 1
 
     for info in archive_zip.infolist():
@@ -381,13 +463,16 @@ def _unpack_patient(archive_zip: zipfile.ZipFile, patient: int, out: Path, archi
             continue
         inner = parts[parts.index(folder_name) + 1:]
         if len(inner) == 1 and inner[0] in ("PATIENT_DICOM.zip", "MASKS_DICOM.zip"):
-            with zipfile.ZipFile(io.BytesIO(archive_zip.read(info))) as nested:
-                for item in nested.infolist():
-                    item_parts = _check_name(item.filename, archive)
-                    if not item.is_dir():
-                        keep(item_parts, lambda item=item: nested.read(item))
+            with tempfile.TemporaryDirectory(prefix=".nested.", dir=out) as scratch:
+                nested_path = Path(scratch) / inner[0]
+                _copy_member(archive_zip, info, nested_path, budget)
+                with zipfile.ZipFile(nested_path) as nested:
+                    for item in nested.infolist():
+                        item_parts = _check_name(item.filename, archive)
+                        if not item.is_dir():
+                            keep(nested, item, item_parts)
         else:
-            keep(inner, lambda info=info: archive_zip.read(info))
+            keep(archive_zip, info, inner)
     if not _patient_complete(out):
         raise DataError(f"the archive has no CT series and spleen mask for {folder_name}",
                         archive, "choose patients that have a spleen mask, or check --url")
@@ -418,13 +503,15 @@ def download_ircadb(out: str | Path, url: str | None = None,
             raise DataError("incomplete patient folder (no PATIENT_DICOM/ or "
                             "MASKS_DICOM/spleen/)", root / f"3Dircadb1.{p}",
                             "delete it and run the command again")
+    url = url or IRCADB_URL
+    check_url(url)
     digests = IRCADB_TREE_SHA256 if digests is None else digests
     notify(IRCADB_NOTICE)
     root.mkdir(parents=True, exist_ok=True)
     archive = out / IRCADB_ARCHIVE
     if not archive.exists():
         part = out / (IRCADB_ARCHIVE + ".part")
-        _fetch(url or IRCADB_URL, part, timeout, chunk)
+        _fetch(url, part, timeout, chunk)
         os.replace(part, archive)
     try:
         archive_zip = zipfile.ZipFile(archive)
@@ -433,19 +520,28 @@ def download_ircadb(out: str | Path, url: str | None = None,
         raise DataError(f"not a zip archive ({exc}); the download is corrupt or the URL "
                         "serves another file", archive,
                         "the bad file was deleted; run the command again, or check --url") from None
-    with archive_zip:
-        for p in missing:
-            with atomic_dir(root / f"3Dircadb1.{p}") as tmp:
-                try:
-                    _unpack_patient(archive_zip, p, tmp, archive)
-                except (zipfile.BadZipFile, zlib.error, OSError) as exc:
-                    raise DataError(f"cannot unpack 3Dircadb1.{p} ({exc})", archive,
-                                    "delete the archive and run the command again") from None
-                expected = digests.get(p)
-                if expected and tree_sha256(tmp) != expected:
-                    raise DataError(f"3Dircadb1.{p} does not match its known checksum; the "
-                                    "archive is corrupt or has changed", archive,
-                                    "delete the archive and run the command again")
+    budget = _Budget(archive)
+    try:
+        with archive_zip:
+            for p in missing:
+                with atomic_dir(root / f"3Dircadb1.{p}") as tmp:
+                    try:
+                        _unpack_patient(archive_zip, p, tmp, archive, budget)
+                    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                        raise _Rejected(f"cannot unpack 3Dircadb1.{p} ({_one_line(exc)})",
+                                        archive, "it was deleted: run the command again") \
+                            from None
+                    expected = digests.get(p)
+                    if expected and tree_sha256(tmp) != expected:
+                        raise _Rejected(f"3Dircadb1.{p} does not match its known checksum; the "
+                                        "archive is corrupt or has changed", archive,
+                                        "it was deleted: run the command again")
+    except DataError as exc:  # noqa: TRY203
+        # the archive's own fault (unsafe, oversized, corrupt, changed): deleted at once; a
+        # patient it lacks is the caller's choice, and the archive is kept for other patients
+        if isinstance(exc, _Rejected):
+            archive.unlink(missing_ok=True)
+        raise
     licence = root / "LICENSE.txt"
     if not licence.exists():
         atomic_write_text(licence, f"3D-IRCADb-01, IRCAD ({IRCADB_PAGE})\n"
@@ -462,6 +558,9 @@ DATASETS = ("msd", "ircadb", "thesis-slices")
 def download_dataset(name: str, out: str | Path, url: str | None = None,
                      sha256: str | None = None, **kwargs) -> Path:
     """`python -m kdlib download --dataset NAME`: one of DATASETS into `out`."""
+    if url is not None:
+        check_url(url)
+    check_sha256(sha256)
     if name == "msd":
         return download_msd(out, url=url, sha256=sha256, **kwargs)
     if sha256:

@@ -227,6 +227,38 @@ def orient_slices(array: np.ndarray, op: str, inverse: bool = False) -> np.ndarr
 SLAB = 32  # slices read at a time: memory stays flat whatever the number of slices
 
 
+MAX_DIM = 32767  # voxels along one axis (NIfTI-1 stores dimensions as int16)
+MAX_VOXELS = 1 << 30  # voxels of one volume: its uint8 mask alone is then 1 GiB
+# deflate inflates at most 1032:1; a .gz file cannot hold more than this many bytes per byte
+MAX_DEFLATE_RATIO = 1032
+
+
+def check_declared_size(path: Path, shape: tuple, header) -> None:
+    """Refuse a header whose data cannot be in the file, before anything is allocated: its
+    voxel count x item size must fit in an uncompressed file, and in what a .gz file of this
+    size can inflate to (deflate's ratio is bounded); dimensions and voxel count are capped."""
+    fix = "the header does not match the data: re-export the file"
+    if any(not 0 < int(v) <= MAX_DIM for v in shape):
+        raise DataError(f"header declares shape {tuple(shape)} (each dimension must be 1.."
+                        f"{MAX_DIM})", path, fix)
+    voxels = int(np.prod([int(v) for v in shape], dtype=object))
+    if voxels > MAX_VOXELS:
+        raise DataError(f"header declares {voxels:,} voxels, more than kdlib reads in one "
+                        f"volume ({MAX_VOXELS:,})", path, "split or downsample the volume")
+    try:
+        need = int(header.get_data_offset()) + voxels * int(header.get_data_dtype().itemsize)
+        size = path.stat().st_size
+    except (OSError, TypeError, ValueError):
+        return
+    if path.name.lower().endswith(".gz"):
+        if need > size * MAX_DEFLATE_RATIO + (1 << 16):
+            raise DataError(f"header declares {need:,} bytes of data, more than a {size:,}-byte "
+                            ".gz file can hold", path, fix)
+    elif need > size:
+        raise DataError(f"header declares {need:,} bytes of data but the file has {size:,}",
+                        path, fix)
+
+
 class NiftiVolume:
     """One NIfTI file in the thesis orientation, read in slabs of slices.
 
@@ -256,6 +288,7 @@ class NiftiVolume:
         if len(shape) != 3:
             raise DataError(f"expected a 3D {kind} volume, got shape {shape}", path,
                             "give one 3D volume per file")
+        check_declared_size(self.path, shape, self._img.header)
         self.file_shape = shape
         self.affine, self.header = self._img.affine, self._img.header
         self.ornt = canonical_transform(self.affine)
@@ -276,6 +309,10 @@ class NiftiVolume:
                   4: (slice(None), slice(None), slice(start, stop), 0)}[ndim]
         try:
             raw = np.asarray(self._img.dataobj[slicer])
+        except MemoryError:
+            raise DataError(f"not enough memory to read slices {start}..{stop} of this "
+                            f"{self.kind} (shape {self.file_shape})", self.path,
+                            "free memory, or split or downsample the volume") from None
         except Exception as exc:  # noqa: BLE001
             raise self._unreadable(exc) from None
         if raw.ndim == 2:
@@ -579,6 +616,10 @@ def _is_colour(frame) -> bool:
                 or (rgba[..., 3] != 255).any())
 
 
+MAX_2D_PIXELS = 1 << 28  # pixels over all frames of one 2D file (a GIF's tiny frames each
+                        # decode to its full canvas): 256 MiB as grey
+
+
 def _read_2d(path: Path, kind: str, flattened: list | None = None) -> list[np.ndarray]:
     """All frames of an 8-bit image file as uint8 (H, W) arrays. Colour or transparent
     frames are flattened to grey (PIL's "L" conversion); such files are appended to
@@ -587,6 +628,12 @@ def _read_2d(path: Path, kind: str, flattened: list | None = None) -> list[np.nd
 
     try:
         with Image.open(path) as im:
+            width, height = im.size
+            count = int(getattr(im, "n_frames", 1) or 1)
+            if width * height * count > MAX_2D_PIXELS:  # before any frame is decoded
+                raise DataError(f"{kind} declares {count} frame(s) of {width}x{height} pixels, "
+                                f"more than kdlib reads from one file ({MAX_2D_PIXELS:,} "
+                                "pixels)", path, "split the file or give smaller slices")
             frames, colour = [], False
             for frame in ImageSequence.Iterator(im):
                 if frame.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -846,11 +893,35 @@ def _read_dicom_series(folder: Path, kind: str, with_pixels: bool = True):
         del ds.PixelData  # keep the header only; the pixels are in `pixels`
         items.append((_dicom_position(ds, path), pixels, path, ds, (slope, intercept)))
     items.sort(key=lambda t: t[0])
+    _check_orientations(items, kind)
     for a, b in zip(items, items[1:]):
         if abs(a[0] - b[0]) < 1e-4:
             raise DataError(f"two slices at the same position {a[0]:.3f} ({a[2].name} and "
                             f"{b[2].name})", b[2], "remove the duplicate slice")
     return items
+
+
+def _iop(ds):
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    try:
+        return None if iop is None or len(iop) != 6 else np.asarray([float(v) for v in iop])
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_orientations(items, kind: str) -> None:
+    """Every slice of a series must share the first slice's ImageOrientationPatient: a slice
+    in another orientation would be stacked as if it were parallel to the others."""
+    first = _iop(items[0][3])
+    for item in items[1:]:
+        iop = _iop(item[3])
+        if (first is None) != (iop is None) or \
+                (first is not None and not np.allclose(iop, first, atol=1e-3)):
+            shown = lambda v: "none" if v is None else "[" + ", ".join(f"{x:g}" for x in v) + "]"
+            raise DataError(f"slice has ImageOrientationPatient {shown(iop)} but the {kind} "
+                            f"series has {shown(first)} ({items[0][2].name})", item[2],
+                            "remove the slice: all slices of a series must share one "
+                            "orientation")
 
 
 def _dicom_position(ds, path) -> float:

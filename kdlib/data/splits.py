@@ -377,3 +377,59 @@ def load_split(path: str | Path, cache: SliceCache | str | Path | None = None) -
                             f"{cache.fingerprint})", path,
                             "make a new split for this cache with make_split")
     return split
+
+
+def check_split(split: dict, cache: SliceCache | str | Path, setting: str = "corrected",
+                where: str | Path | None = None) -> None:
+    """Check a split against the cache it is used with, before any training: every index an
+    integer (not a boolean) in range and listed once; train, validation and test disjoint
+    (the faithful split's `val == test` excepted); `student_train` inside `train`; a test
+    set; in the corrected setting no test patient among the training or validation patients;
+    and the split made for this cache (its recorded slice count and fingerprint)."""
+    cache = _load_cache(cache)
+    fix = "make a new split for this cache with make_split and save_split"
+    if not isinstance(split, dict):
+        raise DataError("a split must be a JSON object", where, fix)
+    n = len(cache)
+    recorded, fp = split.get("n_slices"), split.get("cache_fingerprint")
+    if recorded != n or (fp and cache.fingerprint and fp != cache.fingerprint) \
+            or (cache.fingerprint and not fp):
+        raise DataError(f"split was made for another cache ({recorded} slices, fingerprint "
+                        f"{fp}) than {cache.path} ({n} slices, {cache.fingerprint})", where, fix)
+    sets: dict[str, set] = {}
+    for key in INDEX_KEYS:
+        values = split.get(key)
+        if not isinstance(values, list) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise DataError(f"split[{key!r}] must be a list of integer slice indices", where, fix)
+        bad = [v for v in values if not 0 <= v < n]
+        if bad:
+            raise DataError(f"split[{key!r}] has index {bad[0]} outside 0..{n - 1} (the cache "
+                            f"has {n} slices)", where, fix)
+        if len(set(values)) != len(values):
+            twice = next(v for v in values if values.count(v) > 1)
+            raise DataError(f"split[{key!r}] lists slice {twice} twice", where, fix)
+        sets[key] = set(values)
+    if not sets["test"]:
+        raise DataError("the split's test set is empty", where, fix)
+    pairs = [("train", "val"), ("train", "test")]
+    if not (split.get("mode") == "faithful" and sets["val"] == sets["test"]):
+        pairs.append(("val", "test"))
+    for a, b in pairs:
+        common = sets[a] & sets[b]
+        if common:
+            raise DataError(f"split's {a} and {b} sets share {len(common)} slice(s), e.g. "
+                            f"{min(common)}", where, fix)
+    outside = sets["student_train"] - sets["train"]
+    if outside:
+        raise DataError(f"split's student_train has {len(outside)} slice(s) outside train, e.g. "
+                        f"{min(outside)}", where, fix)
+    if setting == "corrected":
+        ids = np.asarray(cache.case_ids)
+        cases = {k: set(ids[sorted(v)].tolist()) if v else set() for k, v in sets.items()}
+        for other in ("train", "val"):
+            shared = cases["test"] & cases[other]
+            if shared:
+                raise DataError(f"test patient(s) {sorted(shared)[:3]} also in the {other} set: "
+                                "the corrected setting tests on unseen patients", where,
+                                "make a patient split (make_split mode='patient')")
