@@ -28,6 +28,8 @@
 # - `epochs` is a cap. With `patience` > 0 a teacher stops once its validation Dice has not
 #   risen by more than `min_delta` for `patience` epochs (never before `min_epochs`); Table 4.1 and the curves say how many
 #   epochs each teacher ran. Validation Dice is in each run's `history.csv`, every epoch.
+# - With `smooth` > 1 both rules watch the mean of the last `smooth` epochs, and `warmup`
+#   epochs set no best: a noisy early peak then neither stops a teacher nor is kept (real-mini).
 # - Finished runs are skipped, an interrupted run resumes from its last epoch. A finished run
 #   keeps only its best weights (fp16 for teachers: half the disk, same test metrics); with
 #   `keep_last` it also keeps its last state, so that a later, higher cap continues it.
@@ -44,6 +46,8 @@ patience: int = 0  # early stopping on validation Dice: epochs without improveme
 min_delta: float = 0.0  # a validation-Dice gain must exceed this to count as an improvement
 min_epochs: int = 0  # no early stop before this many epochs
 select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
+smooth: int = 1  # stopping and selection watch the mean of the last `smooth` epochs (1: each epoch; a lucky epoch cannot win with more)
+warmup: int = 0  # the first `warmup` epochs set no best: never kept, never the peak that patience waits to beat
 keep_last: bool = False  # keep the last state of each run (optimiser included) to continue it later
 batch_size: int = 8
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16), fp32 elsewhere
@@ -74,7 +78,7 @@ print("training plan:", plan, "| folds:", len(prepared[setting]["splits"]))
 registry = pipeline.train_teachers(out, plan, epochs=epochs, batch_size=batch_size,
                                    precision=precision, device=device or None, patience=patience,
                                    min_delta=min_delta, min_epochs=min_epochs, keep_last=keep_last,
-                                   select_on=select_on)
+                                   select_on=select_on, smooth=smooth, warmup=warmup)
 runs = [r for r in train.load_runs(out / "runs") if r["config"]["role"] == "teacher"]
 prov = pipeline.provenance(profile, data, started)
 

@@ -38,6 +38,8 @@ seeds: list = [42]  # several seeds give confidence intervals
 patience: int = 0  # early stopping: epochs without a validation-Dice gain before stopping (0: off; epochs is the cap)
 min_epochs: int = 0  # no early stop before this many epochs (a slow optimiser starts near Dice 0)
 select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
+smooth: int = 1  # stopping and selection watch the mean of the last `smooth` epochs (1: each epoch; a lucky epoch cannot win with more)
+warmup: int = 0  # the first `warmup` epochs set no best: never kept, never the peak that patience waits to beat
 grid: str = "all"  # all: every row of Tables 4.3-4.11 | claims: only the rows the claims compare | none (CPU-sized cuts)
 grid_folds: list = []  # [] -> every fold prepared by 01; e.g. [0] to run the grid on one fold
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
@@ -69,13 +71,13 @@ elif grid != "all":
     raise ValueError(f"grid={grid!r}: use 'all', 'claims' or 'none'")
 configs = pipeline.row_configs(out, grid_rows, setting, epochs=epochs, seeds=seeds, precision=precision,
                                folds=folds, patience=patience, min_epochs=min_epochs,
-                               select_on=select_on)
+                               select_on=select_on, smooth=smooth, warmup=warmup)
 if faithful_grid and "faithful" in prepared and setting != "faithful":
     faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
                      if r["student"] == "S1" and r["teacher"] in ("T1", "")]
     configs += pipeline.row_configs(out, faithful_rows, "faithful", epochs=epochs, seeds=seeds,
                                     precision=precision, patience=patience, min_epochs=min_epochs,
-                                    select_on=select_on)
+                                    select_on=select_on, smooth=smooth, warmup=warmup)
 print(len(configs), "configurations")
 
 # %%
