@@ -30,7 +30,8 @@ from the live weights (the engine scores the fp16-stored copy: the script report
 largest difference at the epochs the engine kept).
 
     python benchmarks/bench_selection.py --out /tmp/sel          # about 50 min on 2 idle cores
-    python benchmarks/bench_selection.py --out /tmp/sel --tiny   # phantom data, about 1 min
+    python benchmarks/bench_selection.py --out /tmp/sel --tiny   # phantom data, a few minutes
+    python benchmarks/bench_selection.py --out /tmp/sel --write-results   # + RESULTS.md section 9
 
 Writes `selection.json`, `selection.md` and `selection.png` in --out; resumes (finished runs
 and their per-epoch scores are reused).
@@ -243,6 +244,12 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_section(result: dict[str, Any], out: Path) -> str:
+    return (f"## 9. Checkpoint selection and early stopping (`benchmarks/bench_selection.py`, issue 17)\n\n"
+            f"`python benchmarks/bench_selection.py --out {out.name} --write-results` (records: "
+            f"`{out.name}/selection.json`, per-epoch scores in `{out.name}/scores/`).\n\n" + markdown(result))
+
+
 def figure(result: dict[str, Any], teacher: dict[str, Any], path: Path, synthetic: bool) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -290,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-cap", type=int, default=40)
     p.add_argument("--tiny", action="store_true", help="phantom data, tiny caps (a smoke check)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--write-results", action="store_true",
+                   help="also write section bench_selection of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     started = time.time()
     if args.tiny:
@@ -369,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "selection.json", result)
     atomic_write_text(out / "selection.md", markdown(result))
     figure(result, teacher, out / "selection.png", args.tiny)
+    if args.write_results:
+        from _results import update_section
+        update_section("bench_selection", results_section(result, out))
     if args.json:
         print(json.dumps(result))
     else:
