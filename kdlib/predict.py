@@ -6,8 +6,11 @@ Outputs keep each input's own geometry:
 - a NIfTI volume (or an MSD folder of them; label maps found next to the images are not
   segmented) -> a NIfTI mask with the input's affine, in the input's own voxel order;
 - a folder of 2D slices (PNG/JPEG/GIF) -> one PNG mask (0/255) per input, at its own size;
-- a DICOM series (3D-IRCADb layout) -> a NIfTI mask per patient, in kdlib's canonical
-  orientation, with the series' voxel spacing.
+- a DICOM series (3D-IRCADb layout, or any folder of DICOM files told by content: the
+  `DICM` magic at byte 128, else pydicom's forced read finds an image; files named by UIDs
+  with no extension are found with no --format) -> a NIfTI mask per series, in kdlib's
+  canonical orientation, with the series' voxel spacing; slices are ordered by
+  ImagePositionPatient along the slice normal, never by file name.
 Volumes are brought to the thesis orientation from their headers (as the readers do) before
 the model sees them; 2D slices carry no orientation, so `orient` (rot90, flipud, ...) turns
 them, and every mask is turned back to the input's orientation.
@@ -35,8 +38,8 @@ import numpy as np
 
 from .data.cache import SLAB, _resize, hu_to_uint8, move_new
 from .data.readers import (IMAGE_EXTS, ORIENT_OPS, NiftiVolume, _is_nifti, _label_like,
-                           _read_2d, load_dicom_series, natural_key, nifti_stem, orient_slices,
-                           parse_slice_name)
+                           _read_2d, dicom_series_folders, load_dicom_series, natural_key,
+                           nifti_stem, orient_slices, parse_slice_name)
 from .errors import ConfigError, DataError, KdlibError, KdlibWarning
 from .io import read_json
 from .metrics import SegmentationMeter
@@ -80,6 +83,10 @@ def _discover(path: Path, fmt: str) -> list[InputItem]:
         return [InputItem(p.name, "dicom", p / "PATIENT_DICOM" if (p / "PATIENT_DICOM").is_dir()
                           else p) for p in patients or [path]]
     niftis = [p for p in entries if _is_nifti(p)]
+    if fmt == "auto" and not niftis:  # DICOM told by content: files named by UIDs, no .dcm
+        series = dicom_series_folders(path)
+        if series:
+            return [InputItem(p.name, "dicom", p) for p in series]
     if fmt in ("nifti", "msd") or (fmt == "auto" and niftis):
         images = [p for p in niftis if not _label_like(p)]  # a label map is not an input
         if not images:

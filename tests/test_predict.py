@@ -352,3 +352,56 @@ def test_published_model_segments_without_its_cache(run, tmp_path):
     for mask in (tmp_path / "from_run").rglob("*.nii.gz"):
         twin = tmp_path / "from_published" / mask.relative_to(tmp_path / "from_run")
         assert np.array_equal(nib.load(mask).get_fdata(), nib.load(twin).get_fdata())
+
+
+# ------------------------------------------------------- DICOM as scanners export it (issue 19)
+def _uid_series(folder: Path, iop, normal_positions, size=32, preambleless=()):
+    """A CT series named by UIDs (`CT.1.3.12.2.1107.5.1.4.<n>`, no extension) whose names
+    sort against the slice order (scrambled: neither forwards nor backwards); slice k (k-th along the normal) has k+1 bright pixels in
+    row 0. `preambleless`: slice numbers written without preamble or file meta."""
+    import pydicom
+
+    from conftest import _dicom_slice
+
+    iop = np.asarray(iop, float)
+    normal = np.cross(iop[:3], iop[3:])
+    scrambled = [3, 1, 4, 2, 6, 5]
+    for k, along in enumerate(normal_positions):
+        pixels = np.full((size, size), -1000, np.int16)
+        pixels[0, : k + 1] = 1000
+        path = folder / f"CT.1.3.12.2.1107.5.1.4.{scrambled[k]}"  # name order != slice order
+        _dicom_slice(path, pixels, z=0.0, instance=scrambled[k])
+        ds = pydicom.dcmread(str(path))
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        ds.ImagePositionPatient = [float(v) for v in normal * along + np.array([3.0, -2.0, 5.0])]
+        if k in preambleless:
+            ds.preamble = None
+            del ds.file_meta
+            ds.save_as(str(path), enforce_file_format=False)
+        else:
+            ds.save_as(str(path), enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize("iop", [[1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1]],
+                         ids=["axial", "coronal"])
+def test_dicom_without_extensions_is_found_by_content_in_slice_order(run, tmp_path, capsys,
+                                                                     bright_rule, iop):
+    """No --format, no .dcm: the series is found by content and its slices are ordered by
+    ImagePositionPatient along the slice normal (for the coronal series every slice has the
+    same z, so neither z nor the names could order it)."""
+    from kdlib.data.readers import is_dicom_file
+
+    series = _uid_series(tmp_path / "scan" / "series1", iop, [0.0, 2.5, 5.0, 7.5],
+                         preambleless=(1,))
+    (tmp_path / "scan" / "notes.txt").write_text("not DICOM")
+    assert is_dicom_file(series / "CT.1.3.12.2.1107.5.1.4.1")  # no preamble: pydicom's check
+    assert not is_dicom_file(tmp_path / "scan" / "notes.txt")
+    code, out, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "scan",
+                             "--out", tmp_path / "pred")
+    assert code == 0, err
+    mask = np.asarray(nib.load(str(next((tmp_path / "pred").glob("series1*.nii.gz")))).dataobj)
+    # the mask is in kdlib's canonical orientation: find the series' slice axis (length 4)
+    per_slice = [mask.sum(axis=tuple(a for a in range(3) if a != axis)).tolist()
+                 for axis in range(3) if mask.shape[axis] == 4]
+    assert [1, 2, 3, 4] in per_slice or [4, 3, 2, 1] in per_slice, per_slice
