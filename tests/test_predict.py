@@ -70,12 +70,18 @@ def test_existing_folder_is_filled_and_nothing_is_overwritten(run, tmp_path, cap
     os.chmod(out, 0o750)
     (out / "notes.txt").write_text("mine")
     assert run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_spleen.nii.gz", "b_spleen.nii.gz",
+                                                      "notes.txt", "spleen.csv"]
     assert (out / "notes.txt").read_text() == "mine" and (out.stat().st_mode & 0o777) == 0o750
-    stamp = (out / "a.nii.gz").read_bytes()
+    stamp, table = (out / "a_spleen.nii.gz").read_bytes(), (out / "spleen.csv").read_bytes()
     code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in", "--out", out)
-    assert_one_error(code, err, "a.nii.gz", "overwrite")
-    assert (out / "a.nii.gz").read_bytes() == stamp
+    assert_one_error(code, err, "a_spleen.nii.gz", "overwrite")
+    assert (out / "a_spleen.nii.gz").read_bytes() == stamp
+    write_nifti(tmp_path / "in2" / "c.nii.gz", _ct(seed=2))  # a new input: the table is taken
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in2",
+                           "--out", out)
+    assert_one_error(code, err, "spleen.csv", "overwrite")
+    assert (out / "spleen.csv").read_bytes() == table and not (out / "c_spleen.nii.gz").exists()
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -95,7 +101,8 @@ def test_label_maps_in_a_nifti_folder_are_not_segmented(run, tmp_path, capsys, b
     code, out, _ = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
                         "--out", tmp_path / "pred")
     assert code == 0 and json.loads(out)["inputs"] == 1
-    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["ct.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["ct_spleen.nii.gz",
+                                                                    "spleen.csv"]
 
 
 def test_dicom_slices_of_mixed_sizes(run, tmp_path, capsys):
@@ -217,7 +224,7 @@ def test_nifti_mask_comes_back_in_the_inputs_own_voxel_order(run, tmp_path, caps
     path.parent.mkdir()
     nib.save(nib.Nifti1Image(image, affine), str(path))
     assert run_cli(capsys, "predict", "--model", run, "--input", path, "--out", tmp_path / "p")[0] == 0
-    written = nib.load(str(tmp_path / "p" / "scan.nii.gz"))
+    written = nib.load(str(tmp_path / "p" / "scan_spleen.nii.gz"))
     assert np.allclose(written.affine, affine)
     assert np.array_equal(np.asarray(written.dataobj), (image > 0).astype(np.uint8))
     # the model saw the slices in the canonical (RAS) orientation
@@ -241,23 +248,95 @@ def test_orient_turns_2d_slices_and_masks_come_back(run, tmp_path, capsys, brigh
                         "--orient", op, "--out", tmp_path / "p")
     assert code == 0 and json.loads(out)["orient"] == op
     assert np.array_equal(bright_rule[0][0], orient_slices(plane, op))  # what the model saw
-    mask = np.asarray(Image.open(tmp_path / "p" / "slice_1.png"))
+    mask = np.asarray(Image.open(tmp_path / "p" / "slice_1_spleen.png"))
     assert np.array_equal(mask, plane)  # turned back to the input's orientation
 
 
-def test_warns_when_a_mostly_positive_model_finds_no_spleen(run, tmp_path, capsys, monkeypatch):
+def test_warns_per_input_when_no_spleen_is_found(run, tmp_path, capsys, monkeypatch):
+    """Issue 19: a run that found no spleen in a volume says so, naming the volume, whatever
+    the training share (the phantom has spleen on about 29% of its slices); inputs with
+    spleen are not named."""
+    from PIL import Image
+
+    def infer(run_dir, images, device=None, model=None):  # spleen only in bright inputs
+        images = np.asarray(images)
+        return {"mask": (images > 127).astype(np.uint8)}
+
+    monkeypatch.setattr("kdlib.train.infer", infer)
+    write_nifti(tmp_path / "in" / "a.nii.gz", np.full((24, 20, 6), -1000, np.int16))
+    bright = np.full((24, 20, 6), -1000, np.int16)
+    bright[4:8, 4:8, 2:4] = 1000
+    write_nifti(tmp_path / "in" / "b.nii.gz", bright)
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "p1")
+    assert code == 0 and len(err) == 1 and err[0].startswith("kdlib: warning:"), err
+    assert "a.nii.gz" in err[0] and "no spleen" in err[0] and "b.nii.gz" not in err[0]
+    # 2D slices: one line per case, suggesting --orient
+    (tmp_path / "flat").mkdir()
+    for k in range(3):
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "flat" / f"spleen_4_{k}.png")
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "flat",
+                           "--out", tmp_path / "p2")
+    assert code == 0 and len(err) == 1 and "spleen_4" in err[0] and "--orient" in err[0], err
+
+
+def test_warns_when_spleen_is_in_more_slices_than_training_makes_likely(run, tmp_path, capsys,
+                                                                        monkeypatch):
+    """Spleen on every slice of a 12-slice volume, from a model trained with spleen on at
+    most half of its slices: one warning naming the input; with the training share unknown,
+    that half is skipped."""
+    from kdlib.predict import training_share
+    from kdlib.train import RunConfig
+    from kdlib.io import read_json
+
     monkeypatch.setattr("kdlib.train.infer", lambda run_dir, images, device=None, model=None:
-                        {"mask": np.zeros(np.shape(images), np.uint8)})
-    write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
-    # the phantom has spleen on about 29% of slices: no warning
+                        {"mask": np.ones(np.shape(images), np.uint8)})
+    cfg = RunConfig.from_dict(read_json(run / "config.json"))
+    share = training_share(cfg, read_json(Path(cfg.cache) / "manifest.json"))
+    assert share is not None and 0 < share <= 0.5
+    write_nifti(tmp_path / "in" / "full.nii.gz", _ct((24, 20, 12)))
     code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
-                        "--out", tmp_path / "p1")
+                           "--out", tmp_path / "p1")
+    assert code == 0 and len(err) == 1 and "full.nii.gz" in err[0] and "12 of 12" in err[0]
+    monkeypatch.setattr(predict_mod, "training_share", lambda cfg, manifest: None)
+    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                           "--out", tmp_path / "p2")
     assert code == 0 and not err
-    monkeypatch.setattr(predict_mod, "MOSTLY_POSITIVE", 0.1)
-    code, _, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
-                        "--out", tmp_path / "p2")
-    assert code == 0 and len(err) == 1 and err[0].startswith("kdlib: warning:")
-    assert "--orient" in err[0]
+
+
+def test_spleen_csv_and_json_give_volumes_in_ml(run, tmp_path, capsys, bright_rule):
+    """Masks are named <case>_spleen.nii.gz / <slice>_spleen.png; spleen.csv has one row per
+    input with the spleen's volume in mL from the voxel spacing (2D: pixels, the spacing of a
+    PNG being unknown), and stdout's one JSON summary holds the same rows."""
+    import csv
+
+    from PIL import Image
+
+    image = np.full((24, 20, 6), -1000, np.int16)
+    image[2:6, 3:8, 1:4] = 1000  # 4 x 5 x 3 = 60 voxels of 0.5 x 0.5 x 2 mm = 30 mm^3
+    write_nifti(tmp_path / "in" / "ct.nii.gz", image, spacing=(0.5, 0.5, 2.0))
+    code, out, err = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "in",
+                             "--out", tmp_path / "p")
+    assert code == 0 and not err, err
+    summary = json.loads(out)
+    rows = list(csv.DictReader(open(tmp_path / "p" / "spleen.csv")))
+    assert [r["case"] for r in rows] == ["ct"] and summary["csv"] == str(tmp_path / "p" / "spleen.csv")
+    (row,) = rows
+    assert (row["slices"], row["slices_with_spleen"], row["unit"]) == ("6", "3", "mL")
+    assert float(row["spleen_size"]) == pytest.approx(0.03)
+    assert row["model"] == "S1" and row["run"] == str(run)
+    assert summary["rows"][0]["spleen_size"] == pytest.approx(0.03)
+    written = nib.load(str(tmp_path / "p" / "ct_spleen.nii.gz"))
+    assert np.allclose(written.affine, nib.load(str(tmp_path / "in" / "ct.nii.gz")).affine)
+    plane = np.zeros((32, 32), np.uint8)
+    plane[2:6, 3:8] = 255
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(plane).save(tmp_path / "flat" / "spleen_2_7.png")
+    code, out, _ = run_cli(capsys, "predict", "--model", run, "--input", tmp_path / "flat",
+                           "--out", tmp_path / "p2")
+    (row,) = list(csv.DictReader(open(tmp_path / "p2" / "spleen.csv")))
+    assert (row["case"], row["spleen_size"], row["unit"]) == ("spleen_2_7", "20", "pixels")
+    assert (tmp_path / "p2" / "spleen_2_7_spleen.png").is_file()
 
 
 # ----------------------------------------------------------------------- evaluate
