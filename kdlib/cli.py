@@ -121,7 +121,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     print(json.dumps(evaluate(args.pred, args.truth, fmt=args.format,
                               case_pattern=args.case_pattern,
-                              allow_missing=args.allow_missing), indent=2))
+                              allow_missing=args.allow_missing, label_id=args.label_id),
+                     indent=2))
     return 0
 
 
@@ -214,9 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     p.add_argument("--pred", required=True, type=Path,
-                   help="predicted masks: the --out folder of predict (binary 0/1 or 0/255)")
+                   help="predicted masks: the --out folder of predict, or one mask file "
+                        "(binary 0/1 or 0/255)")
     p.add_argument("--truth", required=True, type=Path,
-                   help="ground truth: the data folder the images came from")
+                   help="ground truth: the data folder the images came from, or one file (a "
+                        "NIfTI label map or a 2D mask; paired with the only prediction when "
+                        "--pred holds one, else by name)")
+    p.add_argument("--label-id", type=int, default=None,
+                   help="the spleen's id in multi-label truth maps (e.g. 1 for MSD, "
+                        "TotalSegmentator); None: truth maps must be binary")
     p.add_argument("--format", default="auto", choices=FORMATS,
                    help=FORMAT_HELP + "; of --truth")
     p.add_argument("--case-pattern", default=None, metavar="REGEX",

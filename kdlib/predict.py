@@ -561,30 +561,72 @@ def _same_grid(path: Path, predicted: "NiftiVolume", truth_volume) -> None:
                             path, fix)
 
 
+def _truth_file(truth: Path, label_id: int | None):
+    """A single NIfTI label map as --truth: its one case (named by the file)."""
+    from .data.readers import Volume, read_nifti_label
+
+    volume = NiftiVolume(truth, "label map")
+    label = read_nifti_label(volume, label_id)
+    return Volume(case_id=nifti_stem(truth), image=None, label=label, source="nifti",
+                  spacing=volume.spacing, slice_index=np.arange(label.shape[2]),
+                  path=str(truth))
+
+
+def _truth_mask(path: Path, label_id: int | None) -> np.ndarray:
+    """A 2D truth mask: value > 127 is spleen, or with `label_id` the pixels of that value (a
+    multi-label 2D map; an id it does not hold, while it holds others, is an error)."""
+    from .data.readers import _check_label_values
+
+    values = _read_2d(path, "mask")[0]
+    if label_id is None:
+        return values > 127
+    _check_label_values(np.unique(values).tolist(), path, label_id)
+    return values == label_id
+
+
 def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
-             case_pattern: str | None = None, allow_missing: bool = False) -> dict[str, Any]:
+             case_pattern: str | None = None, allow_missing: bool = False,
+             label_id: int | None = None) -> dict[str, Any]:
     """Pooled, per-image and per-volume metrics of predicted masks against ground truth.
 
     2D masks are grouped into volumes by case id: by `case_pattern` (a regular expression
     searched in each name without its `mask_`/`image_` prefix; its group named `case`, else
     its first group, else the whole match) or, by default, DEFAULT_CASE_RULE. Every truth case
     (NIfTI) or mask (2D) needs a prediction unless `allow_missing` (the result's `missing`
-    lists those left out); a NIfTI prediction must be on its truth's grid."""
+    lists those left out); a NIfTI prediction must be on its truth's grid.
+
+    `truth` is a data folder or one file (a NIfTI label map or a 2D mask; a single truth file
+    is paired with the only prediction when `pred` holds one, else by name). `pred` is a
+    folder or one mask file. `label_id` picks the spleen's value in multi-label truth maps
+    (NIfTI or 2D); without it a truth map must be binary."""
     from .data.readers import open_source
 
     pred, truth = Path(pred), Path(truth)
     pattern = _compile(case_pattern)
-    if not pred.is_dir():
+    if not pred.exists():
         raise DataError("prediction folder not found", pred, "give the --out folder of predict")
-    if not truth.is_dir():
-        raise DataError("ground-truth folder not found" if not truth.exists() else
-                        "expected a folder, got a file", truth,
-                        "give the folder holding the ground-truth masks")
+    if not truth.exists():
+        raise DataError("ground truth not found", truth,
+                        "give the folder (or the file) holding the ground-truth masks")
+    if truth.is_file() and not (_is_nifti(truth) or truth.suffix.lower() in IMAGE_EXTS):
+        raise DataError("a ground-truth file must be a NIfTI label map or a 2D mask", truth,
+                        "give that file, or the folder holding the ground-truth masks")
+    pred_files = [pred] if pred.is_file() else sorted(pred.iterdir())
     meter = SegmentationMeter()
-    niftis = sorted(p for p in pred.iterdir() if _is_nifti(p))
+    niftis = sorted(p for p in pred_files if _is_nifti(p))
     if niftis:
-        truths = {vol.case_id: vol for vol in open_source(truth, fmt, labels_only=True).volumes()}
+        if truth.is_file():
+            if not _is_nifti(truth):
+                raise DataError("NIfTI predictions need a NIfTI ground truth", truth,
+                                "give the label map (.nii.gz) or its folder")
+            single = _truth_file(truth, label_id)
+            truths = {single.case_id: single}
+        else:
+            truths = {vol.case_id: vol for vol in
+                      open_source(truth, fmt, label_id=label_id, labels_only=True).volumes()}
         cases = [_pred_key(nifti_stem(p), truths) for p in niftis]
+        if truth.is_file() and len(niftis) == 1:
+            cases = [single.case_id]  # one prediction, one truth file: paired whatever the names
         for path, case in zip(niftis, cases):
             if case not in truths:
                 raise DataError(f"no ground truth for case {case!r}", path,
@@ -599,10 +641,17 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
                          np.moveaxis(truths.pop(case).label > 0, 2, 0),
                          [case] * predicted.shape[2])
     else:
-        masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
-        truth_files = {_slice_key(p.stem): p for p in masks_dir.iterdir()
-                       if p.suffix.lower() in IMAGE_EXTS and (masks_dir.name == "masks" or p.name.startswith("mask_"))}
-        preds = sorted(p for p in pred.iterdir() if p.suffix.lower() == ".png")
+        preds = sorted(p for p in pred_files if p.suffix.lower() == ".png")
+        if truth.is_file():
+            masks_dir = truth.parent
+            truth_files = {_slice_key(truth.stem): truth}
+            if len(preds) == 1:  # one prediction, one truth file: paired whatever the names
+                truth_files = {_pred_key(_slice_key(preds[0].stem), {}): truth}
+        else:
+            masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
+            truth_files = {_slice_key(p.stem): p for p in masks_dir.iterdir()
+                           if p.suffix.lower() in IMAGE_EXTS and
+                           (masks_dir.name == "masks" or p.name.startswith("mask_"))}
         if not preds:
             raise DataError("no predicted masks (.png or .nii.gz)", pred, "run predict first")
         keys = {path: _pred_key(_slice_key(path.stem), truth_files) for path in preds}
@@ -616,7 +665,7 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
         for path in preds:
             key = keys[path]
             predicted = _binary_prediction(_read_2d(path, "mask")[0], path)
-            true = _read_2d(truth_files[key], "mask")[0] > 127
+            true = _truth_mask(truth_files[key], label_id)
             if predicted.shape != true.shape:
                 raise DataError(f"prediction has size {predicted.shape}, truth {true.shape}",
                                 path, "predict from the same images the truth belongs to")

@@ -484,3 +484,31 @@ def test_dicom_without_extensions_is_found_by_content_in_slice_order(run, tmp_pa
     per_slice = [mask.sum(axis=tuple(a for a in range(3) if a != axis)).tolist()
                  for axis in range(3) if mask.shape[axis] == 4]
     assert [1, 2, 3, 4] in per_slice or [4, 3, 2, 1] in per_slice, per_slice
+
+
+def test_evaluate_label_id_scores_a_multi_label_truth_map_given_as_a_file(tmp_path, capsys):
+    """Issue 19: a multi-label truth map needs --label-id, which evaluate now accepts (the
+    error says so and is true), and --truth may be one file."""
+    labels = np.zeros((8, 8, 3), np.uint8)
+    labels[1:4, 1:4, 1] = 1  # spleen
+    labels[5:7, 5:7, :] = 2  # another organ
+    write_nifti(tmp_path / "truth" / "ct_labels.nii.gz", labels)
+    write_nifti(tmp_path / "pred" / "ct_spleen.nii.gz", (labels == 1).astype(np.uint8))
+    args = ("evaluate", "--pred", tmp_path / "pred", "--truth",
+            tmp_path / "truth" / "ct_labels.nii.gz")
+    code, _, err = run_cli(capsys, *args)
+    assert_one_error(code, err, "ct_labels.nii.gz", "--label-id")
+    code, out, err = run_cli(capsys, *args, "--label-id", "1")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["pooled"]["dice"] == pytest.approx(1.0)
+    code, out, _ = run_cli(capsys, *args, "--label-id", "2")
+    assert code == 0 and json.loads(out)["pooled"]["dice"] == pytest.approx(0.0)
+    # a 2D truth mask file, multi-label too
+    truth2d = np.zeros((8, 8), np.uint8)
+    truth2d[2:5, 2:5], truth2d[6:, 6:] = 3, 7
+    _png(tmp_path / "t2" / "mask_7.png", truth2d)
+    _png(tmp_path / "p2" / "7_spleen.png", (truth2d == 3).astype(np.uint8) * 255)
+    code, out, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "p2", "--truth",
+                             tmp_path / "t2" / "mask_7.png", "--label-id", "3")
+    assert code == 0 and json.loads(out)["pooled"]["dice"] == pytest.approx(1.0), err
