@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regenerate a profile's tables, claims and summary from its run records")
     p.add_argument("--profile", required=True, help="notebooks/profiles/NAME.yaml, e.g. real-mini")
     p.add_argument("--runs", default=None, type=Path,
-                   help="run records folder (default: <publish_dir>/runs, else results/<profile>/runs)")
+                   help="run records folder (default: the profile's published records, <publish_dir "
+                        "of the profile yaml>/runs, also with --out; else results/<profile>/runs)")
     p.add_argument("--out", default=None, type=Path,
                    help="where tables/ and SUMMARY.md go (default: the profile's publish_dir)")
     p.add_argument("--update-readme", action="store_true",
