@@ -77,7 +77,20 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASETS = ["msd", "ircadb", "thesis-slices"]  # kdlib.data.download.DATASETS
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
+    if args.list:
+        from .data.download import dataset_lines
+
+        print("\n".join(dataset_lines()))
+        return 0
+    if args.dataset is None:
+        raise ConfigError(f"--dataset is required: one of {', '.join(DATASETS)}", None,
+                          "see sizes and licences with `python -m kdlib download --list`")
+    if args.out is None:
+        raise ConfigError("--out is required", None, "give the folder to download into")
     from .data.download import download_dataset
 
     path = download_dataset(args.dataset, args.out, url=args.url, sha256=args.sha256)
@@ -182,11 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download and unpack a public data set (resumable, checksum-verified)",
                        description="Download and unpack a public data set (resumable, checksum-"
                                    "verified; http(s) addresses only). " + UNPACK_HELP + ".")
-    p.add_argument("--dataset", default="msd", choices=["msd", "ircadb", "thesis-slices"],
-                   help="msd: MSD Task09_Spleen -> OUT/Task09_Spleen; ircadb: 3D-IRCADb-01 "
-                        "patients 1 and 7 -> OUT/ircadb (CC BY-NC-ND 4.0); thesis-slices: the "
-                        "thesis author's GIFs -> OUT/thesis_slices (default: %(default)s)")
-    p.add_argument("--out", required=True, type=Path, help="folder to download and unpack into")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="required: msd: MSD Task09_Spleen (about 1.5 GB) -> OUT/Task09_Spleen; "
+                        "ircadb: 3D-IRCADb-01 patients 1 and 7 -> OUT/ircadb (CC BY-NC-ND 4.0); "
+                        "thesis-slices: the thesis author's GIFs -> OUT/thesis_slices "
+                        "(default: none)")
+    p.add_argument("--list", action="store_true",
+                   help="print each data set's size, licence and address; download nothing")
+    p.add_argument("--out", default=None, type=Path,
+                   help="folder to download and unpack into (required to download; default: "
+                        "none)")
     p.add_argument("--url", default=None, help="another address for the archive (None: the "
                                                "data set's public source)")
     p.add_argument("--sha256", default=None, help="expected checksum of the archive, 64 hex "
