@@ -248,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regular expression giving a 2D mask's case id (its group named 'case', "
                         "else its first group), searched in the name without extension and "
                         "mask_/image_ prefix, e.g. '_(?P<case>[^_]+)$' for <slice>_<organ>_<case>"
-                        ".png. None: <case>_<slice> -> <case> (the text before the last "
-                        "_<number>), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>")
+                        ".png. None: <case>_<slice> -> <case> when <case> is words starting "
+                        "with a letter with at most one number, at its end (spleen_3, "
+                        "patient7), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>; any other "
+                        "name (12_spleen_3) is its own case, with one warning")
     p.add_argument("--allow-missing", action="store_true",
                    help="score only the cases (NIfTI) or slices (2D) that have a prediction; "
                         "without it, a ground-truth case or mask with no prediction is an error "

@@ -476,9 +476,12 @@ def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header,
 
 
 # ------------------------------------------------------------------------------- evaluate
-DEFAULT_CASE_RULE = ("kdlib's slice-name rule: `<case>_<slice>` -> <case> (the text before the "
-                     "last `_<number>`), GIF frames `spleen_<c>_<first>_<c>_<last>_fNN` -> "
-                     "spleen_<c>, any other name is its own case")
+DEFAULT_CASE_RULE = ("kdlib's slice-name rule (readers.parse_slice_name): `<case>_<slice>` -> "
+                     "<case> when <case> is words starting with a letter holding at most one "
+                     "number, at its end (`spleen_3`, `patient7`); GIF frames "
+                     "`spleen_<c>_<first>_<c>_<last>_fNN` -> spleen_<c>; any other name "
+                     "(`12_spleen_3`, `3_10`) is its own case, with one warning")
+CASE_PATTERN_EXAMPLE = "_(?P<case>[^_]+)$"  # <slice>_<organ>_<case>
 
 
 def _slice_key(stem: str) -> str:
@@ -496,9 +499,15 @@ def _pred_key(stem: str, known) -> str:
     return stem
 
 
-def _case_of(key: str, path: Path, pattern: re.Pattern | None) -> str:
+def _case_of(key: str, path: Path, pattern: re.Pattern | None,
+             unsure: list[str] | None = None) -> str:
+    """The case id of a 2D mask name: by `pattern`, else by DEFAULT_CASE_RULE (names it does
+    not parse with confidence are appended to `unsure`)."""
     if pattern is None:
-        return parse_slice_name(key)["case"]
+        info = parse_slice_name(key)
+        if not info["confident"] and unsure is not None:
+            unsure.append(key)
+        return info["case"]
     match = pattern.search(key)
     if match is None:
         raise DataError(f"name {key!r} does not match --case-pattern {pattern.pattern!r}", path,
@@ -655,6 +664,7 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
         if not preds:
             raise DataError("no predicted masks (.png or .nii.gz)", pred, "run predict first")
         keys = {path: _pred_key(_slice_key(path.stem), truth_files) for path in preds}
+        unsure: list[str] = []
         for path in preds:
             if keys[path] not in truth_files:
                 raise DataError("no ground-truth mask with this name", path,
@@ -669,7 +679,13 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
             if predicted.shape != true.shape:
                 raise DataError(f"prediction has size {predicted.shape}, truth {true.shape}",
                                 path, "predict from the same images the truth belongs to")
-            meter.update(predicted[None], true[None], [_case_of(key, path, pattern)])
+            meter.update(predicted[None], true[None], [_case_of(key, path, pattern, unsure)])
+        if unsure:
+            warnings.warn(f"{len(unsure)} of {len(preds)} mask name(s) do not show their case "
+                          f"with confidence (e.g. {unsure[0]!r}): each is scored as its own case; "
+                          "give --case-pattern REGEX to group slices into volumes, e.g. "
+                          f"--case-pattern '{CASE_PATTERN_EXAMPLE}' for <slice>_spleen_<case>",
+                          KdlibWarning, stacklevel=2)
     result = meter.result()
     result["pred"], result["truth"] = str(pred), str(truth)
     result["missing"] = missing

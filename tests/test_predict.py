@@ -512,3 +512,35 @@ def test_evaluate_label_id_scores_a_multi_label_truth_map_given_as_a_file(tmp_pa
     code, out, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "p2", "--truth",
                              tmp_path / "t2" / "mask_7.png", "--label-id", "3")
     assert code == 0 and json.loads(out)["pooled"]["dice"] == pytest.approx(1.0), err
+
+
+def test_default_grouping_of_18_slices_of_10_patients_is_safe(tmp_path, capsys, no_progress_bars):
+    """Issue 19: `<slice>_spleen_<case>.jpg`, 18 slices of 10 patients. The old default (text
+    before the last `_<number>`) made 15 wrong cases, merging patients that share a slice
+    number; now no name is parsed with confidence, so each slice is its own case and one
+    warning suggests --case-pattern, which then gives the 10 patients."""
+    rng = np.random.default_rng(1)
+    patients = [3, 6, 8, 10, 12, 14, 17, 19, 21, 22]
+    slices = [(40, 3), (41, 3), (40, 6), (12, 8), (13, 8), (40, 10), (12, 12), (7, 14),
+              (8, 14), (40, 17), (12, 19), (13, 19), (7, 21), (40, 22), (41, 22), (42, 22),
+              (12, 10), (8, 6)]
+    assert len(slices) == 18 and {c for _, c in slices} == set(patients)
+    for k, case in slices:
+        mask = np.zeros((16, 16), np.uint8)
+        mask[2:2 + rng.integers(3, 10), 3:12] = 255
+        _png(tmp_path / "pred" / f"{k}_spleen_{case}_spleen.png", mask)  # what predict writes
+        (tmp_path / "truth" / "masks").mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(mask).save(tmp_path / "truth" / "masks" / f"{k}_spleen_{case}.jpg",
+                                   quality=100)
+    code, out, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+                             tmp_path / "truth")
+    cases = json.loads(out)["per_volume"]["cases"]
+    assert code == 0 and len(cases) == 18 and all(c["n_slices"] == 1 for c in cases.values())
+    assert len(err) == 1 and err[0].startswith("kdlib: warning:") and "--case-pattern" in err[0]
+    code, out, err = run_cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth",
+                             tmp_path / "truth", "--case-pattern", r"_(?P<case>[^_]+)$")
+    cases = json.loads(out)["per_volume"]["cases"]
+    assert code == 0 and not err and sorted(cases, key=int) == [str(c) for c in patients]
+    assert sum(c["n_slices"] for c in cases.values()) == 18

@@ -579,8 +579,12 @@ _RE_GIF_FRAME = re.compile(r"^(?P<case>[A-Za-z]+_(?P<num>\d+))_(?P<first>\d+)_(?
                            r"(?P<last>\d+)_f(?P<frame>\d+)$")
 _RE_GIF_FILE = re.compile(r"^(?P<case>[A-Za-z]+_(?P<num>\d+))_(?P<first>\d+)_(?P=num)_"
                           r"(?P<last>\d+)$")
-_RE_CASE_SLICE = re.compile(r"^(?P<case>.+?_\d+)_(?P<slice>\d+)$")
-_RE_ANY_SLICE = re.compile(r"^(?P<case>.+?)_(?P<slice>\d+)$")
+# `<case>_<slice>` where the case id is one or more words (a letter first; letters and hyphens)
+# with at most one number, at its very end (`patient7`, `case-01`) or as a last token
+# (`spleen_3`, `CT_0001`); a bare number, or digits inside the id, is not a case id kdlib can
+# tell from a slice number
+_RE_CASE_SLICE = re.compile(r"^(?P<case>[A-Za-z][A-Za-z-]*(?:_[A-Za-z][A-Za-z-]*)*"
+                            r"(?:\d+|_\d+)?)_(?P<slice>\d+)$")
 
 
 def parse_slice_name(stem: str) -> dict:
@@ -589,21 +593,32 @@ def parse_slice_name(stem: str) -> dict:
     - `spleen_22_40_22_70_f03`  -> case `spleen_22`, GIF range (40, 70), frame 3
     - `spleen_22_40_22_70`      -> case `spleen_22`, GIF range (40, 70), frames inside file
     - `spleen_3_10`             -> case `spleen_3`, slice 10 (thesis layout)
-    - `patient7_12`             -> case `patient7`, slice 12
+    - `patient7_12`, `my_case_12`, `case-01_5` -> case `patient7`, `my_case`, `case-01`
     - anything else             -> case = the whole name, one case per file
+
+    `confident` says whether the name was parsed with confidence, defined as: it has one of
+    the forms above other than the last, i.e. the GIF forms (the case number appears twice),
+    or `<case>_<slice>` with `<slice>` a number and `<case>` made of words that start with a
+    letter (letters and hyphens) holding at most one number, at the very end of the id
+    (`patient7`) or as its own last token (`spleen_3`). A name whose would-be case id starts
+    with a digit, is a bare number, or has digits inside it (`12_spleen_3`, `3_10`,
+    `slice12_spleen_3`) could be `<slice>_..._<case>` as well as `<case>_<slice>`: it is
+    not confident, becomes its own case, and callers that group by case warn (`evaluate`
+    suggests --case-pattern).
     """
     m = _RE_GIF_FRAME.match(stem)
     if m:
         return {"case": m["case"], "range": (int(m["first"]), int(m["last"])),
-                "frame": int(m["frame"]), "slice": None}
+                "frame": int(m["frame"]), "slice": None, "confident": True}
     m = _RE_GIF_FILE.match(stem)
     if m:
         return {"case": m["case"], "range": (int(m["first"]), int(m["last"])), "frame": None,
-                "slice": None}
-    m = _RE_CASE_SLICE.match(stem) or _RE_ANY_SLICE.match(stem)
+                "slice": None, "confident": True}
+    m = _RE_CASE_SLICE.match(stem)
     if m:
-        return {"case": m["case"], "range": None, "frame": None, "slice": int(m["slice"])}
-    return {"case": stem, "range": None, "frame": None, "slice": None}
+        return {"case": m["case"], "range": None, "frame": None, "slice": int(m["slice"]),
+                "confident": True}
+    return {"case": stem, "range": None, "frame": None, "slice": None, "confident": False}
 
 
 def _is_colour(frame) -> bool:
