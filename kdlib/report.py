@@ -38,9 +38,15 @@ def tables_not_run(runs: list[dict[str, Any]]) -> list[str]:
 
 def record_provenance(profile: str, data: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Provenance from the records themselves: the code commits the runs were trained at."""
-    commits = sorted({f"{(r['config'].get('provenance') or {}).get('commit', 'unknown')[:7]}"
-                      f"{'' if (r['config'].get('provenance') or {}).get('clean', True) else '+uncommitted'}"
-                      for r in runs})
+    from .provenance import commit_stamp
+
+    def stamp(record: dict[str, Any]) -> str:
+        state = dict(record.get("provenance") or {})
+        if state.get("clean", True) is not False:  # clean, or not recorded: the commit alone
+            return str(state.get("commit", "unknown"))[:7]
+        return commit_stamp(state)  # the files that differed, where the record lists them
+
+    commits = sorted({stamp(r["config"]) for r in runs})
     return {"profile": profile, "data": data, "runs": len(runs), "trained at commit(s)": " ".join(commits)}
 
 

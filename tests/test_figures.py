@@ -294,3 +294,39 @@ def test_curve_epoch_ticks_do_not_collide(tmp_path, epochs):
                             "val_dice": np.linspace(0.1, 0.8, epochs)})
     fig = figures.training_curves({"a": history, "b": history, "c": history, "d": history})
     _no_collisions(fig, fig.axes[0])
+
+
+def test_figure_stamp_names_exactly_the_code_files_that_differed(tmp_path, monkeypatch):
+    """Issue 19: figures were stamped `b818353+uncommitted` because a publishing run rewrites
+    README.md and figures/. Only code counts, and code that differs from the commit is named
+    file by file in the stamp (and the PNG's metadata), never a bare `+uncommitted`."""
+    import subprocess
+
+    from kdlib import pipeline, provenance
+
+    repo = tmp_path / "repo"
+    for name in ("kdlib/figures.py", "kdlib/train.py", "notebooks/05.py", "README.md",
+                 "figures/real-mini/a.png"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("v1\n")
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True,  # noqa: E731
+                                       capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    short = git("rev-parse", "HEAD")[:7]
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    (repo / "README.md").write_text("new results\n")  # outputs of the run itself
+    (repo / "figures" / "real-mini" / "a.png").write_text("v2\n")
+    assert pipeline.provenance("real-mini", "shared:x")["commit"] == short
+    (repo / "kdlib" / "figures.py").write_text("v2\n")
+    (repo / "notebooks" / "05.py").write_text("v2\n")
+    prov = pipeline.provenance("real-mini", "shared:x")
+    assert prov["commit"] == f"{short}+uncommitted: kdlib/figures.py, notebooks/05.py"
+    fig = figures.forest_plot(pd.DataFrame({"label": ["x"], "diff": [0.0], "ci_low": [-0.1],
+                                            "ci_high": [0.1]}))
+    path = figures.save_figure(fig, tmp_path / "f.png", prov)
+    assert "+uncommitted: kdlib/figures.py, notebooks/05.py" in Image.open(path).info["Description"]
+    # a run record that says "not clean" without the list says so, not a bare +uncommitted
+    assert provenance.commit_stamp({"commit": "a" * 40, "clean": False}) == \
+        "aaaaaaa+uncommitted: changed files not recorded"
