@@ -125,7 +125,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     summary = predict(args.model, args.input, args.out, fmt=args.format, orient=args.orient)
-    print(json.dumps(summary))
+    print(json.dumps(summary))  # one JSON line: the summary, its `rows` those of spleen.csv
     return 0
 
 
@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "flipud", "fliplr"],
                    help=ORIENT_HELP + "; masks are turned back to the input's orientation")
     p.add_argument("--out", required=True, type=Path,
-                   help="folder for the masks (created; existing files are never replaced)")
+                   help="folder for the masks <case>_spleen.nii.gz / <slice>_spleen.png and "
+                        "spleen.csv (one row per input: slices, slices with spleen, spleen "
+                        "volume in mL or pixels); created; existing files are never replaced")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
