@@ -77,7 +77,20 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASETS = ["msd", "ircadb", "thesis-slices"]  # kdlib.data.download.DATASETS
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
+    if args.list:
+        from .data.download import dataset_lines
+
+        print("\n".join(dataset_lines()))
+        return 0
+    if args.dataset is None:
+        raise ConfigError(f"--dataset is required: one of {', '.join(DATASETS)}", None,
+                          "see sizes and licences with `python -m kdlib download --list`")
+    if args.out is None:
+        raise ConfigError("--out is required", None, "give the folder to download into")
     from .data.download import download_dataset
 
     path = download_dataset(args.dataset, args.out, url=args.url, sha256=args.sha256)
@@ -112,7 +125,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     summary = predict(args.model, args.input, args.out, fmt=args.format, orient=args.orient)
-    print(json.dumps(summary))
+    print(json.dumps(summary))  # one JSON line: the summary, its `rows` those of spleen.csv
     return 0
 
 
@@ -121,7 +134,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     print(json.dumps(evaluate(args.pred, args.truth, fmt=args.format,
                               case_pattern=args.case_pattern,
-                              allow_missing=args.allow_missing), indent=2))
+                              allow_missing=args.allow_missing, label_id=args.label_id),
+                     indent=2))
     return 0
 
 
@@ -181,11 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download and unpack a public data set (resumable, checksum-verified)",
                        description="Download and unpack a public data set (resumable, checksum-"
                                    "verified; http(s) addresses only). " + UNPACK_HELP + ".")
-    p.add_argument("--dataset", default="msd", choices=["msd", "ircadb", "thesis-slices"],
-                   help="msd: MSD Task09_Spleen -> OUT/Task09_Spleen; ircadb: 3D-IRCADb-01 "
-                        "patients 1 and 7 -> OUT/ircadb (CC BY-NC-ND 4.0); thesis-slices: the "
-                        "thesis author's GIFs -> OUT/thesis_slices (default: %(default)s)")
-    p.add_argument("--out", required=True, type=Path, help="folder to download and unpack into")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="required: msd: MSD Task09_Spleen (about 1.5 GB) -> OUT/Task09_Spleen; "
+                        "ircadb: 3D-IRCADb-01 patients 1 and 7 -> OUT/ircadb (CC BY-NC-ND 4.0); "
+                        "thesis-slices: the thesis author's GIFs -> OUT/thesis_slices "
+                        "(default: none)")
+    p.add_argument("--list", action="store_true",
+                   help="print each data set's size, licence and address; download nothing")
+    p.add_argument("--out", default=None, type=Path,
+                   help="folder to download and unpack into (required to download; default: "
+                        "none)")
     p.add_argument("--url", default=None, help="another address for the archive (None: the "
                                                "data set's public source)")
     p.add_argument("--sha256", default=None, help="expected checksum of the archive, 64 hex "
@@ -209,22 +228,32 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "flipud", "fliplr"],
                    help=ORIENT_HELP + "; masks are turned back to the input's orientation")
     p.add_argument("--out", required=True, type=Path,
-                   help="folder for the masks (created; existing files are never replaced)")
+                   help="folder for the masks <case>_spleen.nii.gz / <slice>_spleen.png and "
+                        "spleen.csv (one row per input: slices, slices with spleen, spleen "
+                        "volume in mL or pixels); created; existing files are never replaced")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     p.add_argument("--pred", required=True, type=Path,
-                   help="predicted masks: the --out folder of predict (binary 0/1 or 0/255)")
+                   help="predicted masks: the --out folder of predict, or one mask file "
+                        "(binary 0/1 or 0/255)")
     p.add_argument("--truth", required=True, type=Path,
-                   help="ground truth: the data folder the images came from")
+                   help="ground truth: the data folder the images came from, or one file (a "
+                        "NIfTI label map or a 2D mask; paired with the only prediction when "
+                        "--pred holds one, else by name)")
+    p.add_argument("--label-id", type=int, default=None,
+                   help="the spleen's id in multi-label truth maps (e.g. 1 for MSD, "
+                        "TotalSegmentator); None: truth maps must be binary")
     p.add_argument("--format", default="auto", choices=FORMATS,
                    help=FORMAT_HELP + "; of --truth")
     p.add_argument("--case-pattern", default=None, metavar="REGEX",
                    help="regular expression giving a 2D mask's case id (its group named 'case', "
                         "else its first group), searched in the name without extension and "
                         "mask_/image_ prefix, e.g. '_(?P<case>[^_]+)$' for <slice>_<organ>_<case>"
-                        ".png. None: <case>_<slice> -> <case> (the text before the last "
-                        "_<number>), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>")
+                        ".png. None: <case>_<slice> -> <case> when <case> is words starting "
+                        "with a letter with at most one number, at its end (spleen_3, "
+                        "patient7), spleen_<c>_<first>_<c>_<last>_fNN -> spleen_<c>; any other "
+                        "name (12_spleen_3) is its own case, with one warning")
     p.add_argument("--allow-missing", action="store_true",
                    help="score only the cases (NIfTI) or slices (2D) that have a prediction; "
                         "without it, a ground-truth case or mask with no prediction is an error "
@@ -234,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regenerate a profile's tables, claims and summary from its run records")
     p.add_argument("--profile", required=True, help="notebooks/profiles/NAME.yaml, e.g. real-mini")
     p.add_argument("--runs", default=None, type=Path,
-                   help="run records folder (default: <publish_dir>/runs, else results/<profile>/runs)")
+                   help="run records folder (default: the profile's published records, <publish_dir "
+                        "of the profile yaml>/runs, also with --out; else results/<profile>/runs)")
     p.add_argument("--out", default=None, type=Path,
                    help="where tables/ and SUMMARY.md go (default: the profile's publish_dir)")
     p.add_argument("--update-readme", action="store_true",

@@ -95,11 +95,15 @@ def _column(df, *names):
     return None
 
 
+EPOCH_TICKS = 6  # at most this many epoch ticks per panel: 240+ epochs stay legible
+
+
 def _integer_epochs(ax) -> None:
-    """Epochs are counts: no 2.5 on the axis."""
+    """Epochs are counts: no 2.5 on the axis; and few enough ticks that three-digit epochs
+    do not run together in a small panel (`150180210240`)."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=EPOCH_TICKS))
 
 
 def _grid(n: int, ncols: int | None = None):
@@ -370,6 +374,61 @@ def reconstruction_panel(images, recons, n: int = 4, indices: Sequence[int] | No
 
 
 FOREST_ROWS_PER_PANEL = 20
+FOREST_TICKS = 5  # x ticks of a forest panel (MaxNLocator): differences like -0.05 stay apart
+
+
+def _forest_defaults(data) -> str:
+    has_ci = any(not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["ci_low"], data["ci_high"]))
+    has_these = "these_low" in data.columns and any(
+        not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["these_low"], data["these_high"]))
+    if has_these:
+        return ("Effect of distillation, 95% CI: solid = new patients (population), dashed = these patients "
+                "against seed noise" + ("" if has_ci else " (no population interval: fewer than 3 folds)"))
+    if has_ci:
+        return "Effect of distillation (95% CI)"
+    return "Effect of distillation (no intervals: one unit per comparison, n=1)"
+
+
+def _forest_data(df):
+    missing = {"label", "diff", "ci_low", "ci_high"} - set(df.columns)
+    if missing:
+        raise DataError(f"forest_plot needs columns {sorted(missing)}")
+    data = df.reset_index(drop=True)
+    if "reference" in data.columns and data["reference"].nunique() > 1:
+        data = data.assign(label=[f"{lab}  vs {ref}" for lab, ref in zip(data["label"], data["reference"])])
+    return data
+
+
+def _forest_layout(fig, title: str) -> None:
+    """The title in a band of its own above the panels (never over the first row's label)."""
+    import textwrap
+
+    lines = textwrap.wrap(title, 95) or [""]
+    band = 0.17 * len(lines) + 0.12  # inches
+    fig.suptitle("\n".join(lines), fontsize=10, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - band / fig.get_figheight()))
+
+
+def forest_plots(df, title: str = "", synthetic: bool = False,
+                 xlabel: str = "Dice difference to reference") -> dict[str, Any]:
+    """The forest plot split by teacher-student pair: {pair: figure}, one figure per value of
+    `pair` (teacher->student; {"": figure} without that column), each readable at page height
+    (0.36 in per row), its title in a band above the rows and at most FOREST_TICKS x ticks.
+    Columns as `forest_plot`'s."""
+    plt = _plt()
+    data = _forest_data(df)
+    parts = ([(str(pair), part.reset_index(drop=True)) for pair, part in data.groupby("pair", sort=True)]
+             if "pair" in data.columns else [("", data)])
+    out = {}
+    for pair, part in parts:
+        text = title or _forest_defaults(part)
+        text = f"{pair}: {text}" if pair else text
+        fig, ax = plt.subplots(figsize=(8, 0.36 * len(part) + 1.0 + 0.17 * (len(text) // 95 + 1)))
+        _forest_panel(ax, part)
+        ax.set_xlabel(xlabel)
+        _forest_layout(fig, _title(text, synthetic))
+        out[pair] = fig
+    return out
 
 
 def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dice difference to reference"):
@@ -383,12 +442,7 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
     marks 0 (no difference).
     """
     plt = _plt()
-    missing = {"label", "diff", "ci_low", "ci_high"} - set(df.columns)
-    if missing:
-        raise DataError(f"forest_plot needs columns {sorted(missing)}")
-    data = df.reset_index(drop=True)
-    if "reference" in data.columns and data["reference"].nunique() > 1:
-        data = data.assign(label=[f"{lab}  vs {ref}" for lab, ref in zip(data["label"], data["reference"])])
+    data = _forest_data(df)
     if "pair" in data.columns and len(data) > FOREST_ROWS_PER_PANEL:
         panels = [(str(pair), part.reset_index(drop=True)) for pair, part in data.groupby("pair", sort=True)]
     else:
@@ -401,18 +455,7 @@ def forest_plot(df, title: str = "", synthetic: bool = False, xlabel: str = "Dic
         if name:
             ax.set_title(name, fontsize=9, loc="left")
     axes[-1, 0].set_xlabel(xlabel)
-    has_ci = any(not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["ci_low"], data["ci_high"]))
-    has_these = "these_low" in data.columns and any(
-        not (_isnan(lo) or _isnan(hi)) for lo, hi in zip(data["these_low"], data["these_high"]))
-    if has_these:
-        default = ("Effect of distillation, 95% CI: solid = new patients (population), dashed = these patients "
-                   "against seed noise" + ("" if has_ci else " (no population interval: fewer than 3 folds)"))
-    elif has_ci:
-        default = "Effect of distillation (95% CI)"
-    else:
-        default = "Effect of distillation (no intervals: one unit per comparison, n=1)"
-    fig.suptitle(_title(title or default, synthetic), fontsize=10)
-    fig.tight_layout()
+    _forest_layout(fig, _title(title or _forest_defaults(data), synthetic))
     return fig
 
 
@@ -521,6 +564,9 @@ def _forest_panel(ax, data) -> None:
             ax.annotate("  ".join(note), (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
                         textcoords="offset points", va="center", fontsize=7, color="0.3")
     ax.axvline(0, color="black", lw=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=FOREST_TICKS))
     ax.set_yticks(y)
     ax.set_yticklabels([str(v) for v in data["label"]], fontsize=8)
     ax.set_ylim(-0.7, len(data) - 0.3)

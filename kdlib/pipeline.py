@@ -7,7 +7,6 @@ Files shared between notebooks, all under the profile's output folder:
 """
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,16 +30,13 @@ def out_folder(profile: str, out_dir: str = "") -> Path:
 
 
 def provenance(profile: str, data: str, started: float | None = None) -> dict[str, Any]:
-    """Who made a figure or table: profile, data, commit, date, wall time."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        commit = commit + ("+uncommitted" if dirty else "") if commit else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    prov = {"profile": profile, "data": data, "commit": commit,
+    """Who made a figure or table: profile, data, commit, date, wall time. `commit` is
+    `provenance.commit_stamp`: the code (`provenance.CODE_PATHS`) only, so the README and
+    figures a publishing run rewrites do not count; code that differed from the commit is
+    listed file by file (`<commit>+uncommitted: kdlib/figures.py, ...`)."""
+    from .provenance import code_state, commit_stamp
+
+    prov = {"profile": profile, "data": data, "commit": commit_stamp(code_state()),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if started is not None:
         prov["wall_time_s"] = round(time.time() - started, 1)

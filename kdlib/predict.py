@@ -6,8 +6,11 @@ Outputs keep each input's own geometry:
 - a NIfTI volume (or an MSD folder of them; label maps found next to the images are not
   segmented) -> a NIfTI mask with the input's affine, in the input's own voxel order;
 - a folder of 2D slices (PNG/JPEG/GIF) -> one PNG mask (0/255) per input, at its own size;
-- a DICOM series (3D-IRCADb layout) -> a NIfTI mask per patient, in kdlib's canonical
-  orientation, with the series' voxel spacing.
+- a DICOM series (3D-IRCADb layout, or any folder of DICOM files told by content: the
+  `DICM` magic at byte 128, else pydicom's forced read finds an image; files named by UIDs
+  with no extension are found with no --format) -> a NIfTI mask per series, in kdlib's
+  canonical orientation, with the series' voxel spacing; slices are ordered by
+  ImagePositionPatient along the slice normal, never by file name.
 Volumes are brought to the thesis orientation from their headers (as the readers do) before
 the model sees them; 2D slices carry no orientation, so `orient` (rot90, flipud, ...) turns
 them, and every mask is turned back to the input's orientation.
@@ -35,15 +38,25 @@ import numpy as np
 
 from .data.cache import SLAB, _resize, hu_to_uint8, move_new
 from .data.readers import (IMAGE_EXTS, ORIENT_OPS, NiftiVolume, _is_nifti, _label_like,
-                           _read_2d, load_dicom_series, natural_key, nifti_stem, orient_slices,
-                           parse_slice_name)
+                           _read_2d, dicom_series_folders, load_dicom_series, natural_key,
+                           nifti_stem, orient_slices, parse_slice_name)
 from .errors import ConfigError, DataError, KdlibError, KdlibWarning
 from .io import read_json
 from .metrics import SegmentationMeter
 
-# a model trained with spleen on more than this fraction of its slices is expected to find
-# spleen somewhere; finding none anywhere usually means the inputs are turned (see --orient)
-MOSTLY_POSITIVE = 0.5
+MASK_SUFFIX = "_spleen"  # <case>_spleen.nii.gz, <slice>_spleen.png: never the image's own name
+CSV_NAME = "spleen.csv"  # one row per input (CSV_COLUMNS), beside the masks
+CSV_COLUMNS = ("case", "input", "slices", "slices_with_spleen", "spleen_size", "unit", "model",
+               "run")
+# "spleen in more slices than the training data make likely": a share of slices with spleen
+# above likely_limit(p) = (1 + p) / 2, halfway from the training share p to every slice (43%
+# -> 72%; always below 100%, so spleen on every slice always warns), judged only on inputs of
+# at least MIN_SLICES_FOR_SHARE slices (one slice with spleen says nothing about a share)
+MIN_SLICES_FOR_SHARE = 8
+
+
+def likely_limit(share: float) -> float:
+    return (1.0 + share) / 2.0
 
 
 @dataclass
@@ -53,8 +66,9 @@ class InputItem:
     path: Path   # the file (nifti, slice) or the series folder (dicom)
 
     def outputs(self) -> list[str]:
-        """Output names known before reading pixels (multi-frame slices add `_fNN`)."""
-        return [f"{self.name}.png"] if self.kind == "slice" else [f"{self.name}.nii.gz"]
+        """Output names known before reading pixels (multi-frame slices: `<name>_fNN_spleen`)."""
+        return [f"{self.name}{MASK_SUFFIX}.png"] if self.kind == "slice" else \
+            [f"{self.name}{MASK_SUFFIX}.nii.gz"]
 
 
 def _discover(path: Path, fmt: str) -> list[InputItem]:
@@ -80,6 +94,10 @@ def _discover(path: Path, fmt: str) -> list[InputItem]:
         return [InputItem(p.name, "dicom", p / "PATIENT_DICOM" if (p / "PATIENT_DICOM").is_dir()
                           else p) for p in patients or [path]]
     niftis = [p for p in entries if _is_nifti(p)]
+    if fmt == "auto" and not niftis:  # DICOM told by content: files named by UIDs, no .dcm
+        series = dicom_series_folders(path)
+        if series:
+            return [InputItem(p.name, "dicom", p) for p in series]
     if fmt in ("nifti", "msd") or (fmt == "auto" and niftis):
         images = [p for p in niftis if not _label_like(p)]  # a label map is not an input
         if not images:
@@ -106,10 +124,14 @@ def _check_outputs(items: list[InputItem], out: Path) -> None:
             if out.is_dir():
                 taken = [out / name] if (out / name).exists() else []
                 if item.kind == "slice":
-                    taken += list(out.glob(f"{glob_escape(item.name)}_f[0-9][0-9].png"))
+                    taken += list(out.glob(f"{glob_escape(item.name)}_f[0-9][0-9]"
+                                           f"{MASK_SUFFIX}.png"))
                 if taken:
                     raise DataError("refusing to overwrite an existing result", taken[0],
                                     "delete it or choose another --out folder")
+    if (out / CSV_NAME).exists():  # one predict per folder: its table lists every input
+        raise DataError("refusing to overwrite an existing result", out / CSV_NAME,
+                        "delete it or choose another --out folder")
 
 
 def glob_escape(text: str) -> str:
@@ -276,7 +298,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     dev = pick_device(device)
     segment = _Segmenter(run_dir, _load_network(run_dir, dev), size, faithful, window, orient,
                          device)
-    n_slices, found = 0, 0
+    n_slices, found, rows = 0, 0, []
     try:
         staging, inside = _staging(out)
     except PermissionError as exc:
@@ -285,12 +307,14 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     try:
         for item in items:
             try:
-                mask = _predict_one(item, segment, staging)
+                mask, spacing = _predict_one(item, segment, staging)
             except MemoryError:
                 raise DataError("not enough memory to segment this input", item.path,
                                 "free memory, or split or downsample the input") from None
             n_slices += mask.shape[2]
             found += int(mask.any())
+            rows.append(_row(item, mask, spacing, cfg.model, run_dir))
+        _write_csv(staging / CSV_NAME, rows)
         _publish(staging, out, inside)
     except FileExistsError as exc:
         raise DataError("refusing to overwrite an existing result (another process wrote it)",
@@ -306,34 +330,116 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
         warnings.warn(f"{len(segment.flattened)} colour or transparent slice file(s) were "
                       f"flattened to grey, e.g. {segment.flattened[0]}", KdlibWarning,
                       stacklevel=2)
-    counts = manifest.get("counts", {}) if isinstance(manifest.get("counts"), dict) else {}
-    trained_positive = counts.get("positive_slices", 0) / max(1, counts.get("slices", 0))
-    if items and not found and trained_positive > MOSTLY_POSITIVE:
-        warnings.warn(f"the model was trained with spleen on {trained_positive:.0%} of its "
-                      f"slices but found none on any of the {len(items)} input(s): are the "
-                      "slices turned? (try --orient rot90|rot180|rot270|flipud|fliplr)",
-                      KdlibWarning, stacklevel=2)
+    for message in spleen_warnings(rows, training_share(cfg, manifest)):
+        warnings.warn(message, KdlibWarning, stacklevel=2)
     return {"inputs": len(items), "slices": n_slices, "out": str(out), "orient": orient,
             "inputs_with_spleen": found,
             "slices_per_second": round(n_slices / segment.seconds, 1) if segment.seconds else None,
-            "model": cfg.model, "run": run_dir.name}
+            "model": cfg.model, "run": run_dir.name, "csv": str(out / CSV_NAME), "rows": rows}
 
 
-def _predict_one(item: InputItem, segment: _Segmenter, staging: Path) -> np.ndarray:
+def training_share(cfg, manifest: Any) -> float | None:
+    """The share of slices with spleen in what the model trained on: its split file's count
+    for its training subset (`train` or `student_train`) when the split is still there, else
+    its cache manifest's counts (a published model's `preprocessing.json`: the data its
+    training set was drawn from); None when neither records it."""
+    candidates = []
+    try:
+        split = read_json(cfg.split) if cfg.split and Path(cfg.split).is_file() else None
+    except KdlibError:
+        split = None
+    if isinstance(split, dict) and isinstance(split.get("counts"), dict):
+        candidates.append(split["counts"].get(cfg.train_subset))
+    if isinstance(manifest, dict):
+        candidates.append(manifest.get("counts"))
+    for counts in candidates:
+        if isinstance(counts, dict):
+            slices, positive = counts.get("slices"), counts.get("positive_slices")
+            if isinstance(slices, int) and isinstance(positive, int) and slices > 0 \
+                    and 0 <= positive <= slices:
+                return positive / slices
+    return None
+
+
+def _row(item: InputItem, mask: np.ndarray, spacing, model: str, run_dir: Path) -> dict:
+    """One line of spleen.csv: the spleen's size in mL from the voxel spacing (volumes), in
+    mm^2 for 2D slices whose pixel spacing is known, else in pixels."""
+    voxels = int(np.count_nonzero(mask))
+    if item.kind == "slice":
+        size, unit = (round(voxels * float(np.prod(spacing[:2])), 3), "mm2") if spacing \
+            else (voxels, "pixels")
+    else:
+        size, unit = round(voxels * float(np.prod(spacing[:3])) / 1000.0, 3), "mL"
+    return {"case": item.name, "input": str(item.path), "kind": item.kind,
+            "slices": int(mask.shape[2]),
+            "slices_with_spleen": int(mask.any(axis=(0, 1)).sum()),
+            "spleen_size": size, "unit": unit, "model": model, "run": str(run_dir)}
+
+
+def _write_csv(dest: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with open(dest, "x", encoding="utf-8") as handle:  # in the staging folder, moved in whole
+        handle.write(text.getvalue())
+
+
+def spleen_warnings(rows: list[dict], share: float | None) -> list[str]:
+    """One line per input (volumes: a NIfTI, a DICOM series, a multi-frame 2D file) or per
+    case of single 2D slices (grouped as `evaluate` groups them) where the model found no
+    spleen at all, or spleen in a larger share of its slices than `likely_limit(share)`
+    (inputs of at least MIN_SLICES_FOR_SHARE slices; skipped when the training share is
+    unknown). 2D
+    slices carry no orientation, so their lines suggest --orient."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        single = row["kind"] == "slice" and row["slices"] == 1
+        key = "slice case " + _case_of(_slice_key(Path(row["input"]).stem), Path(row["input"]),
+                                       None) if single else row["input"]
+        groups.setdefault(key, []).append(row)
+    orient = " (2D slices carry no orientation: try --orient rot90|rot180|rot270|flipud|fliplr)"
+    lines = []
+    for key, members in groups.items():
+        slices = sum(r["slices"] for r in members)
+        positive = sum(r["slices_with_spleen"] for r in members)
+        flat = members[0]["kind"] == "slice"
+        where = key if len(members) == 1 else f"{key} ({len(members)} files, e.g. " \
+                                               f"{members[0]['input']})"
+        hint = orient if flat else " (is the spleen in the scan's field of view?)"
+        if positive == 0:
+            lines.append(f"{where}: the model found no spleen in any of its {slices} "
+                         f"slice(s){hint}")
+        elif share is not None and slices >= MIN_SLICES_FOR_SHARE and \
+                positive > likely_limit(share) * slices:
+            lines.append(f"{where}: the model found spleen in {positive} of {slices} slices "
+                         f"({positive / slices:.0%}), far more than the {share:.0%} of its "
+                         f"training slices{hint}")
+    return lines
+
+
+def _predict_one(item: InputItem, segment: _Segmenter, staging: Path):
+    """Segment one input and stage its mask(s); returns (mask, voxel spacing in mm or None)."""
+    name = f"{item.name}{MASK_SUFFIX}.nii.gz"
     if item.kind == "nifti":
         volume = NiftiVolume(item.path, "image")
         mask = segment(volume.slabs(), volume.shape, eight_bit=False)
-        _write_nifti(staging / f"{item.name}.nii.gz", volume.to_file_axes(mask), volume.affine,
+        _write_nifti(staging / name, volume.to_file_axes(mask), volume.affine,
                      volume.header, item)
-    elif item.kind == "dicom":
+        return mask, volume.spacing
+    if item.kind == "dicom":
         array, spacing, _ = load_dicom_series(item.path, "image")
         mask = segment(_array_slabs(array), array.shape, eight_bit=False)
-        _write_nifti(staging / f"{item.name}.nii.gz", mask, np.diag([*spacing, 1.0]), None, item)
-    else:
-        frames = np.stack(_read_2d(item.path, "image", segment.flattened), axis=2)
-        mask = segment(_array_slabs(frames), frames.shape, eight_bit=True)
-        _write_png_masks(staging, item, mask)
-    return mask
+        _write_nifti(staging / name, mask, np.diag([*spacing, 1.0]), None, item)
+        return mask, spacing
+    frames = np.stack(_read_2d(item.path, "image", segment.flattened), axis=2)
+    mask = segment(_array_slabs(frames), frames.shape, eight_bit=True)
+    _write_png_masks(staging, item, mask)
+    return mask, None  # PNG/JPEG/GIF record no patient pixel spacing
 
 
 def _write_png_masks(folder: Path, item: InputItem, mask: np.ndarray) -> None:
@@ -341,7 +447,8 @@ def _write_png_masks(folder: Path, item: InputItem, mask: np.ndarray) -> None:
 
     frames = mask.shape[2]
     for f in range(frames):
-        name = f"{item.name}.png" if frames == 1 else f"{item.name}_f{f:02d}.png"
+        name = f"{item.name}{MASK_SUFFIX}.png" if frames == 1 else \
+            f"{item.name}_f{f:02d}{MASK_SUFFIX}.png"
         with _create(folder / name, item) as handle:
             Image.fromarray(mask[:, :, f] * np.uint8(255)).save(handle, format="PNG")
 
@@ -369,9 +476,12 @@ def _write_nifti(dest: Path, mask: np.ndarray, affine: np.ndarray, header,
 
 
 # ------------------------------------------------------------------------------- evaluate
-DEFAULT_CASE_RULE = ("kdlib's slice-name rule: `<case>_<slice>` -> <case> (the text before the "
-                     "last `_<number>`), GIF frames `spleen_<c>_<first>_<c>_<last>_fNN` -> "
-                     "spleen_<c>, any other name is its own case")
+DEFAULT_CASE_RULE = ("kdlib's slice-name rule (readers.parse_slice_name): `<case>_<slice>` -> "
+                     "<case> when <case> is words starting with a letter holding at most one "
+                     "number, at its end (`spleen_3`, `patient7`); GIF frames "
+                     "`spleen_<c>_<first>_<c>_<last>_fNN` -> spleen_<c>; any other name "
+                     "(`12_spleen_3`, `3_10`) is its own case, with one warning")
+CASE_PATTERN_EXAMPLE = "_(?P<case>[^_]+)$"  # <slice>_<organ>_<case>
 
 
 def _slice_key(stem: str) -> str:
@@ -381,9 +491,23 @@ def _slice_key(stem: str) -> str:
     return stem
 
 
-def _case_of(key: str, path: Path, pattern: re.Pattern | None) -> str:
+def _pred_key(stem: str, known) -> str:
+    """A prediction's name as its truth's: `<name>_spleen` (what predict writes) -> `<name>`,
+    unless the truth itself has the full name."""
+    if stem not in known and stem.endswith(MASK_SUFFIX) and stem[:-len(MASK_SUFFIX)] in known:
+        return stem[:-len(MASK_SUFFIX)]
+    return stem
+
+
+def _case_of(key: str, path: Path, pattern: re.Pattern | None,
+             unsure: list[str] | None = None) -> str:
+    """The case id of a 2D mask name: by `pattern`, else by DEFAULT_CASE_RULE (names it does
+    not parse with confidence are appended to `unsure`)."""
     if pattern is None:
-        return parse_slice_name(key)["case"]
+        info = parse_slice_name(key)
+        if not info["confident"] and unsure is not None:
+            unsure.append(key)
+        return info["case"]
     match = pattern.search(key)
     if match is None:
         raise DataError(f"name {key!r} does not match --case-pattern {pattern.pattern!r}", path,
@@ -446,30 +570,72 @@ def _same_grid(path: Path, predicted: "NiftiVolume", truth_volume) -> None:
                             path, fix)
 
 
+def _truth_file(truth: Path, label_id: int | None):
+    """A single NIfTI label map as --truth: its one case (named by the file)."""
+    from .data.readers import Volume, read_nifti_label
+
+    volume = NiftiVolume(truth, "label map")
+    label = read_nifti_label(volume, label_id)
+    return Volume(case_id=nifti_stem(truth), image=None, label=label, source="nifti",
+                  spacing=volume.spacing, slice_index=np.arange(label.shape[2]),
+                  path=str(truth))
+
+
+def _truth_mask(path: Path, label_id: int | None) -> np.ndarray:
+    """A 2D truth mask: value > 127 is spleen, or with `label_id` the pixels of that value (a
+    multi-label 2D map; an id it does not hold, while it holds others, is an error)."""
+    from .data.readers import _check_label_values
+
+    values = _read_2d(path, "mask")[0]
+    if label_id is None:
+        return values > 127
+    _check_label_values(np.unique(values).tolist(), path, label_id)
+    return values == label_id
+
+
 def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
-             case_pattern: str | None = None, allow_missing: bool = False) -> dict[str, Any]:
+             case_pattern: str | None = None, allow_missing: bool = False,
+             label_id: int | None = None) -> dict[str, Any]:
     """Pooled, per-image and per-volume metrics of predicted masks against ground truth.
 
     2D masks are grouped into volumes by case id: by `case_pattern` (a regular expression
     searched in each name without its `mask_`/`image_` prefix; its group named `case`, else
     its first group, else the whole match) or, by default, DEFAULT_CASE_RULE. Every truth case
     (NIfTI) or mask (2D) needs a prediction unless `allow_missing` (the result's `missing`
-    lists those left out); a NIfTI prediction must be on its truth's grid."""
+    lists those left out); a NIfTI prediction must be on its truth's grid.
+
+    `truth` is a data folder or one file (a NIfTI label map or a 2D mask; a single truth file
+    is paired with the only prediction when `pred` holds one, else by name). `pred` is a
+    folder or one mask file. `label_id` picks the spleen's value in multi-label truth maps
+    (NIfTI or 2D); without it a truth map must be binary."""
     from .data.readers import open_source
 
     pred, truth = Path(pred), Path(truth)
     pattern = _compile(case_pattern)
-    if not pred.is_dir():
+    if not pred.exists():
         raise DataError("prediction folder not found", pred, "give the --out folder of predict")
-    if not truth.is_dir():
-        raise DataError("ground-truth folder not found" if not truth.exists() else
-                        "expected a folder, got a file", truth,
-                        "give the folder holding the ground-truth masks")
+    if not truth.exists():
+        raise DataError("ground truth not found", truth,
+                        "give the folder (or the file) holding the ground-truth masks")
+    if truth.is_file() and not (_is_nifti(truth) or truth.suffix.lower() in IMAGE_EXTS):
+        raise DataError("a ground-truth file must be a NIfTI label map or a 2D mask", truth,
+                        "give that file, or the folder holding the ground-truth masks")
+    pred_files = [pred] if pred.is_file() else sorted(pred.iterdir())
     meter = SegmentationMeter()
-    niftis = sorted(p for p in pred.iterdir() if _is_nifti(p))
+    niftis = sorted(p for p in pred_files if _is_nifti(p))
     if niftis:
-        truths = {vol.case_id: vol for vol in open_source(truth, fmt, labels_only=True).volumes()}
-        cases = [nifti_stem(p) for p in niftis]
+        if truth.is_file():
+            if not _is_nifti(truth):
+                raise DataError("NIfTI predictions need a NIfTI ground truth", truth,
+                                "give the label map (.nii.gz) or its folder")
+            single = _truth_file(truth, label_id)
+            truths = {single.case_id: single}
+        else:
+            truths = {vol.case_id: vol for vol in
+                      open_source(truth, fmt, label_id=label_id, labels_only=True).volumes()}
+        cases = [_pred_key(nifti_stem(p), truths) for p in niftis]
+        if truth.is_file() and len(niftis) == 1:
+            cases = [single.case_id]  # one prediction, one truth file: paired whatever the names
         for path, case in zip(niftis, cases):
             if case not in truths:
                 raise DataError(f"no ground truth for case {case!r}", path,
@@ -484,27 +650,42 @@ def evaluate(pred: str | Path, truth: str | Path, fmt: str = "auto",
                          np.moveaxis(truths.pop(case).label > 0, 2, 0),
                          [case] * predicted.shape[2])
     else:
-        masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
-        truth_files = {_slice_key(p.stem): p for p in masks_dir.iterdir()
-                       if p.suffix.lower() in IMAGE_EXTS and (masks_dir.name == "masks" or p.name.startswith("mask_"))}
-        preds = sorted(p for p in pred.iterdir() if p.suffix.lower() == ".png")
+        preds = sorted(p for p in pred_files if p.suffix.lower() == ".png")
+        if truth.is_file():
+            masks_dir = truth.parent
+            truth_files = {_slice_key(truth.stem): truth}
+            if len(preds) == 1:  # one prediction, one truth file: paired whatever the names
+                truth_files = {_pred_key(_slice_key(preds[0].stem), {}): truth}
+        else:
+            masks_dir = truth / "masks" if (truth / "masks").is_dir() else truth
+            truth_files = {_slice_key(p.stem): p for p in masks_dir.iterdir()
+                           if p.suffix.lower() in IMAGE_EXTS and
+                           (masks_dir.name == "masks" or p.name.startswith("mask_"))}
         if not preds:
             raise DataError("no predicted masks (.png or .nii.gz)", pred, "run predict first")
+        keys = {path: _pred_key(_slice_key(path.stem), truth_files) for path in preds}
+        unsure: list[str] = []
         for path in preds:
-            if _slice_key(path.stem) not in truth_files:
+            if keys[path] not in truth_files:
                 raise DataError("no ground-truth mask with this name", path,
                                 f"masks are matched by file name in {masks_dir}")
-        covered = {_slice_key(p.stem) for p in preds}
+        covered = set(keys.values())
         missing = sorted((k for k in truth_files if k not in covered), key=natural_key)
         _uncovered(missing, len(truth_files), "slice mask(s)", pred, allow_missing)
         for path in preds:
-            key = _slice_key(path.stem)
+            key = keys[path]
             predicted = _binary_prediction(_read_2d(path, "mask")[0], path)
-            true = _read_2d(truth_files[key], "mask")[0] > 127
+            true = _truth_mask(truth_files[key], label_id)
             if predicted.shape != true.shape:
                 raise DataError(f"prediction has size {predicted.shape}, truth {true.shape}",
                                 path, "predict from the same images the truth belongs to")
-            meter.update(predicted[None], true[None], [_case_of(key, path, pattern)])
+            meter.update(predicted[None], true[None], [_case_of(key, path, pattern, unsure)])
+        if unsure:
+            warnings.warn(f"{len(unsure)} of {len(preds)} mask name(s) do not show their case "
+                          f"with confidence (e.g. {unsure[0]!r}): each is scored as its own case; "
+                          "give --case-pattern REGEX to group slices into volumes, e.g. "
+                          f"--case-pattern '{CASE_PATTERN_EXAMPLE}' for <slice>_spleen_<case>",
+                          KdlibWarning, stacklevel=2)
     result = meter.result()
     result["pred"], result["truth"] = str(pred), str(truth)
     result["missing"] = missing

@@ -29,13 +29,33 @@ CODE_PATHS = ("kdlib", "notebooks", "benchmarks", "pyproject.toml", "requirement
 
 
 def code_state() -> dict[str, Any]:
-    """`commit` (full hash, or "unknown" outside a git checkout) and `clean` (True when no
-    tracked file of the code (`CODE_PATHS`) differs from that commit; None when unknown)."""
+    """`commit` (full hash, or "unknown" outside a git checkout), `clean` (True when no
+    tracked file of the code (`CODE_PATHS`) differs from that commit; None when unknown) and
+    `changed`: exactly those files (paths relative to the repository, sorted; absent when
+    unknown)."""
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return {"commit": "unknown", "clean": None}
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
-    return {"commit": commit, "clean": None if status is None else status == ""}
+    names = _git("diff", "--name-only", "HEAD", "--", *CODE_PATHS)
+    if names is None:
+        return {"commit": commit, "clean": None}
+    changed = sorted(line for line in names.splitlines() if line.strip())
+    return {"commit": commit, "clean": not changed, "changed": changed}
+
+
+def commit_stamp(state: dict[str, Any]) -> str:
+    """What a figure's footer says about the code: the short commit, and for a tree whose code
+    differed from it, `+uncommitted: <exactly the files that differed>` (never a bare
+    `+uncommitted`); "unknown" outside a git checkout."""
+    commit = str(state.get("commit") or "unknown")
+    if commit == "unknown":
+        return commit
+    short = commit[:7]
+    if state.get("clean") is False:
+        changed = state.get("changed")
+        return f"{short}+uncommitted: " + (", ".join(changed) if changed else
+                                           "changed files not recorded")
+    return short if state.get("clean") is True else f"{short} (tree state unknown)"
 
 
 def run_provenance(data_checksum: str, split_checksum: str | None = None) -> dict[str, Any]:

@@ -38,9 +38,15 @@ def tables_not_run(runs: list[dict[str, Any]]) -> list[str]:
 
 def record_provenance(profile: str, data: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Provenance from the records themselves: the code commits the runs were trained at."""
-    commits = sorted({f"{(r['config'].get('provenance') or {}).get('commit', 'unknown')[:7]}"
-                      f"{'' if (r['config'].get('provenance') or {}).get('clean', True) else '+uncommitted'}"
-                      for r in runs})
+    from .provenance import commit_stamp
+
+    def stamp(record: dict[str, Any]) -> str:
+        state = dict(record.get("provenance") or {})
+        if state.get("clean", True) is not False:  # clean, or not recorded: the commit alone
+            return str(state.get("commit", "unknown"))[:7]
+        return commit_stamp(state)  # the files that differed, where the record lists them
+
+    commits = sorted({stamp(r["config"]) for r in runs})
     return {"profile": profile, "data": data, "runs": len(runs), "trained at commit(s)": " ".join(commits)}
 
 
@@ -104,11 +110,14 @@ def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str |
     from .runner import load_profile
 
     common = (load_profile(profile) or {}).get("common") or {}
-    publish = Path(publish_dir) if publish_dir else (publish_path(common.get("publish_dir")) or results_dir(profile))
+    published = publish_path(common.get("publish_dir"))
+    publish = Path(publish_dir) if publish_dir else (published or results_dir(profile))
+    # the records are the profile's, wherever the tables go: `--out DIR` alone reads the
+    # profile's published records (<publish_dir>/runs), never DIR/runs
     if runs_dir:
         runs = Path(runs_dir)
-    elif (publish / "runs").is_dir():
-        runs = publish / "runs"
+    elif published is not None and (published / "runs").is_dir():
+        runs = published / "runs"
     else:
         runs = results_dir(profile) / "runs"
     return runs, publish, common
@@ -118,7 +127,8 @@ def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | 
            readme: bool = False) -> dict[str, Path]:
     """Regenerate a profile's tables, claims, ANOVA and SUMMARY.md from its run records.
 
-    `runs_dir`: the records (default `<publish>/runs`, else `results/<profile>/runs`);
+    `runs_dir`: the records (default the profile's published records,
+    `<profile publish_dir>/runs`, whatever `publish_dir` says; else `results/<profile>/runs`);
     `publish_dir`: where tables/ and SUMMARY.md go (default the profile's `publish_dir`,
     else `results/<profile>`); `readme`: also rewrite the README's results section from the
     regenerated summary. Returns {name: path written}.

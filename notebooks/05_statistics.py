@@ -141,9 +141,10 @@ display(Markdown(written[f"selection_{setting}"].read_text()))
 # %%
 display(Markdown(written[f"paired_{setting}"].read_text()))
 paired = claims.paired_comparisons(runs)
-if len(paired):
-    fig = figures.forest_plot(paired)
-    figures.save_figure(fig, publish / "figures" / f"forest_dice_{setting}.png", prov)
+if len(paired):  # one forest plot per teacher-student pair, readable at page height
+    for pair, fig in figures.forest_plots(paired).items():
+        name = f"forest_dice_{setting}_{pair.replace('->', '_')}" if pair else f"forest_dice_{setting}"
+        figures.save_figure(fig, publish / "figures" / f"{name}.png", prov)
 
 # %% [markdown]
 # ## Claims of the thesis, one verdict per comparison and framing

@@ -140,3 +140,27 @@ def test_subprocess_error_has_no_traceback(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_download_needs_a_dataset_and_lists_them_without_downloading(tmp_path, capsys, monkeypatch):
+    """Issue 19: `download` alone no longer starts the 1.5 GB MSD download; `--list` shows
+    each data set's size, licence and address and fetches nothing."""
+    import urllib.request
+
+    from kdlib.data import download as dl
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("--list and a missing --dataset must not download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    code, _, err = run_cli(capsys, "download", "--out", tmp_path / "o")
+    assert_one_error(code, err, "--dataset", "msd", "ircadb", "thesis-slices", "--list")
+    assert not (tmp_path / "o").exists()
+    code, out, err = run_cli(capsys, "download", "--list")
+    lines = out.strip().splitlines()
+    assert code == 0 and not err and len(lines) == len(dl.DATASETS)
+    for name, line in zip(dl.DATASETS, lines):
+        info = dl.DATASET_INFO[name]
+        assert line.startswith(f"{name}:") and info["licence"] in line and info["url"] in line
+        assert info["download"] in line
+    assert "1.5 GB" in lines[0] and "CC BY-NC-ND 4.0" in lines[1]

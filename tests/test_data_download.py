@@ -139,7 +139,7 @@ def test_checksum_mismatch(server, tmp_path):
         download_msd(tmp_path, url=server.url + "/Task09_Spleen.tar", sha256="0" * 64)
     assert not (tmp_path / "Task09_Spleen").exists()
     assert not (tmp_path / "Task09_Spleen.tar").exists()  # the bad file is gone
-    proc = subprocess.run([sys.executable, "-m", "kdlib", "download", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "kdlib", "download", "--dataset", "msd", "--out", str(tmp_path),
                            "--url", server.url + "/Task09_Spleen.tar", "--sha256", "0" * 64],
                           capture_output=True, text=True, cwd=REPO, timeout=120,
                           env=dict(os.environ, KDLIB_PROGRESS="0"))

@@ -16,12 +16,24 @@ from kdlib.errors import DataError
 
 def test_parse_slice_name():
     assert parse_slice_name("spleen_22_40_22_70_f03") == {
-        "case": "spleen_22", "range": (40, 70), "frame": 3, "slice": None}
+        "case": "spleen_22", "range": (40, 70), "frame": 3, "slice": None, "confident": True}
     assert parse_slice_name("spleen_22_40_22_70")["frame"] is None
     assert parse_slice_name("spleen_3_10") == {"case": "spleen_3", "range": None,
-                                               "frame": None, "slice": 10}
+                                               "frame": None, "slice": 10, "confident": True}
     assert parse_slice_name("patient7_12")["case"] == "patient7"
     assert parse_slice_name("scan")["case"] == "scan"
+
+
+@pytest.mark.parametrize("stem,case,confident", [
+    ("spleen_3_10", "spleen_3", True), ("patient7_12", "patient7", True),
+    ("my_case_12", "my_case", True), ("case-01_5", "case-01", True),
+    ("CT_0001_0100", "CT_0001", True), ("spleen_22_40_22_70_f03", "spleen_22", True),
+    # could be <slice>_..._<case>: each its own case, not confident
+    ("12_spleen_3", "12_spleen_3", False), ("3_10", "3_10", False),
+    ("slice12_spleen_3", "slice12_spleen_3", False), ("scan", "scan", False)])
+def test_parse_slice_name_confidence(stem, case, confident):
+    info = parse_slice_name(stem)
+    assert (info["case"], info["confident"]) == (case, confident)
 
 
 def test_thesis_layout(tmp_path):

@@ -232,3 +232,101 @@ def test_viewer_static_and_interactive(monkeypatch):
     assert slider.max == 5 and slider.value == 5 and models.value == ("S1", "KD")
     slider.value = 2  # redraws without error
     models.value = ("KD",)
+
+
+# ------------------------------------------------------------------ issue 19: legible figures
+def _boxes(fig, texts):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts if t.get_text() and t.get_visible()]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _no_collisions(fig, ax):
+    boxes = _boxes(fig, ax.get_xticklabels())
+    assert all(not _overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), \
+        [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_forest_plot_is_split_by_pair_readable_at_page_height(tmp_path):
+    """The published forest plot was 968x4327 px, its title over the first row label and its x
+    tick labels running together: one figure per teacher-student pair, its title above the
+    rows, at most FOREST_TICKS ticks, none colliding, each under a page's height."""
+    pairs = ["T1->S1", "T1->S2", "T2->S1", "T2->S2"]
+    rows = pd.DataFrame({"label": [f"KD({p[:2]},{p[-2:]}) config {i}" for i in range(13) for p in pairs],
+                         "pair": [p for _ in range(13) for p in pairs],
+                         "reference": ["baseline", "KD-off control"] * 26,
+                         "diff": np.linspace(-0.1, 0.1, 52), "ci_low": np.linspace(-0.23, 0.0, 52),
+                         "ci_high": np.linspace(0.0, 0.23, 52), "n_pairs": [6] * 52, "p": [0.04] * 52})
+    figs = figures.forest_plots(rows, synthetic=True)
+    assert list(figs) == pairs
+    for pair, fig in figs.items():
+        (ax,) = fig.axes
+        assert len(ax.get_yticklabels()) == 13 and pair in fig._suptitle.get_text()
+        assert len([t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]) \
+            <= figures.FOREST_TICKS + 1
+        _no_collisions(fig, ax)
+        title = _boxes(fig, [fig._suptitle])[0]
+        labels = _boxes(fig, ax.get_yticklabels())
+        assert all(title.y0 >= box.y1 for box in labels), "the title overlaps a row label"
+        path = figures.save_figure(fig, tmp_path / f"forest_{pair.replace('->', '_')}.png", {})
+        width, height = Image.open(path).size
+        assert height <= 1100 and width <= 1100, (pair, width, height)  # 120 dpi: under 9 in
+    # one figure of all rows, as before, keeps its title off the first label too
+    fig = figures.forest_plot(rows)
+    title = _boxes(fig, [fig._suptitle])[0]
+    assert all(title.y0 >= box.y1 for box in _boxes(fig, fig.axes[0].get_yticklabels()))
+
+
+@pytest.mark.parametrize("epochs", [240, 1000])
+def test_curve_epoch_ticks_do_not_collide(tmp_path, epochs):
+    points = pd.DataFrame({"label": "S1 baseline", "fold": "fold0", "test_patients": "p1",
+                           "seed": 0, "epoch": np.arange(1, epochs + 1),
+                           "val_dice": np.linspace(0.1, 0.8, epochs), "kept": False, "plateau": None})
+    fig = figures.validation_curves(points)
+    ax = fig.axes[0]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    _no_collisions(fig, ax)
+    history = pd.DataFrame({"epoch": np.arange(1, epochs + 1), "train_total": np.linspace(1, 0.1, epochs),
+                            "val_dice": np.linspace(0.1, 0.8, epochs)})
+    fig = figures.training_curves({"a": history, "b": history, "c": history, "d": history})
+    _no_collisions(fig, fig.axes[0])
+
+
+def test_figure_stamp_names_exactly_the_code_files_that_differed(tmp_path, monkeypatch):
+    """Issue 19: figures were stamped `b818353+uncommitted` because a publishing run rewrites
+    README.md and figures/. Only code counts, and code that differs from the commit is named
+    file by file in the stamp (and the PNG's metadata), never a bare `+uncommitted`."""
+    import subprocess
+
+    from kdlib import pipeline, provenance
+
+    repo = tmp_path / "repo"
+    for name in ("kdlib/figures.py", "kdlib/train.py", "notebooks/05.py", "README.md",
+                 "figures/real-mini/a.png"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("v1\n")
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True,  # noqa: E731
+                                       capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    short = git("rev-parse", "HEAD")[:7]
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    (repo / "README.md").write_text("new results\n")  # outputs of the run itself
+    (repo / "figures" / "real-mini" / "a.png").write_text("v2\n")
+    assert pipeline.provenance("real-mini", "shared:x")["commit"] == short
+    (repo / "kdlib" / "figures.py").write_text("v2\n")
+    (repo / "notebooks" / "05.py").write_text("v2\n")
+    prov = pipeline.provenance("real-mini", "shared:x")
+    assert prov["commit"] == f"{short}+uncommitted: kdlib/figures.py, notebooks/05.py"
+    fig = figures.forest_plot(pd.DataFrame({"label": ["x"], "diff": [0.0], "ci_low": [-0.1],
+                                            "ci_high": [0.1]}))
+    path = figures.save_figure(fig, tmp_path / "f.png", prov)
+    assert "+uncommitted: kdlib/figures.py, notebooks/05.py" in Image.open(path).info["Description"]
+    # a run record that says "not clean" without the list says so, not a bare +uncommitted
+    assert provenance.commit_stamp({"commit": "a" * 40, "clean": False}) == \
+        "aaaaaaa+uncommitted: changed files not recorded"

@@ -382,7 +382,7 @@ def test_tar_gz_bomb_is_refused_and_deleted(server, tmp_path, capsys):
     assert len(bomb) < 100_000
     server.files["/Task09_Spleen.tar.gz"] = bomb
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "download", "--out", out, "--url",
+    code, _, err = run_cli(capsys, "download", "--dataset", "msd", "--out", out, "--url",
                            server.url + "/Task09_Spleen.tar.gz", "--sha256", _sha(bomb))
     assert_one_error(code, err, "Task09_Spleen.tar.gz", "allowed")
     assert list(out.iterdir()) == []  # no archive, no task folder, no temporary folder
@@ -421,7 +421,7 @@ def test_download_refuses_file_urls_and_bad_sha256_before_downloading(server, tm
         code, _, err = run_cli(capsys, "download", "--dataset", dataset, "--out", tmp_path / "o",
                                "--url", local.as_uri())
         assert_one_error(code, err, "file://", "http")
-    code, _, err = run_cli(capsys, "download", "--out", tmp_path / "o", "--url",
+    code, _, err = run_cli(capsys, "download", "--dataset", "msd", "--out", tmp_path / "o", "--url",
                            server.url + "/Task09_Spleen.tar", "--sha256", "abc")
     assert_one_error(code, err, "sha256", "64 hexadecimal")
     assert server.requests == [] and not (tmp_path / "o").exists()
@@ -434,7 +434,7 @@ def test_corrupt_archive_is_one_line_and_deleted(server, tmp_path, capsys):
                        "Task09_Spleen/x": __import__("os").urandom(20000)})
     broken = gzip.compress(good)[:-5000]  # truncated
     server.files["/Task09_Spleen.tar.gz"] = broken
-    code, _, err = run_cli(capsys, "download", "--out", tmp_path, "--url",
+    code, _, err = run_cli(capsys, "download", "--dataset", "msd", "--out", tmp_path, "--url",
                            server.url + "/Task09_Spleen.tar.gz", "--sha256", _sha(broken))
     assert_one_error(code, err, "Task09_Spleen.tar.gz", "corrupt")
     assert list(tmp_path.iterdir()) == []

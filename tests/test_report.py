@@ -206,3 +206,16 @@ def test_readme_reads_the_selection_table_as_its_test_numbers_do():
     readme = " ".join((repo / "README.md").read_text().split())
     assert "handicaps the distilled students" not in readme
     assert "score alike on test" in readme
+
+
+def test_report_out_without_runs_reads_the_profiles_published_records(published, tmp_path, capsys,
+                                                                      monkeypatch):
+    """Issue 19: `report --out DIR` alone reads `<profile publish_dir>/runs`, not DIR/runs."""
+    from kdlib import runner
+
+    _, publish = published
+    monkeypatch.setattr(runner, "load_profile", lambda name: {"common": {"publish_dir": str(publish)}})
+    out = tmp_path / "elsewhere"
+    assert main(["report", "--profile", "smoke", "--out", str(out)]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert Path(written["SUMMARY"]).parent == out and not (out / "runs").exists()

@@ -100,7 +100,8 @@ def test_predict_and_evaluate_cli(tiny, tmp_path):
     import nibabel as nib
 
     source = nib.load(str(sorted((tiny / "phantom" / "imagesTr").glob("*.nii.gz"))[0]))
-    pred = nib.load(str(out / sorted((tiny / "phantom" / "imagesTr").glob("*.nii.gz"))[0].name))
+    first = sorted((tiny / "phantom" / "imagesTr").glob("*.nii.gz"))[0]
+    pred = nib.load(str(out / first.name.replace(".nii.gz", "_spleen.nii.gz")))  # <case>_spleen
     assert pred.shape == source.shape and np.allclose(pred.affine, source.affine)
     done = subprocess.run([sys.executable, "-m", "kdlib", "evaluate", "--pred", str(out),
                            "--truth", str(tiny / "phantom")], capture_output=True, text=True, timeout=300)
@@ -136,7 +137,8 @@ def test_predict_and_evaluate_on_real_slices_and_dicom(tiny, tmp_path):
     from PIL import Image
 
     first = sorted((tmp_path / "png").glob("*.png"))[0]
-    assert Image.open(first).size == Image.open(slices / "images" / first.name).size
+    source = slices / "images" / (first.name[:-len("_spleen.png")] + ".png")  # <slice>_spleen
+    assert Image.open(first).size == Image.open(source).size
     report = json.loads(_cli("evaluate", "--pred", tmp_path / "png", "--truth", slices))
     assert len(report["per_volume"]["cases"]) == 4  # the four MSD cases of the thesis slices
     summary = json.loads(_cli("predict", "--model", run, "--input", dicom, "--format", "dicom",

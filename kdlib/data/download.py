@@ -553,6 +553,25 @@ def download_ircadb(out: str | Path, url: str | None = None,
 
 # ------------------------------------------------------------------ one entry point
 DATASETS = ("msd", "ircadb", "thesis-slices")
+# What `download --list` shows (facts as in the README's data table; nothing is fetched).
+DATASET_INFO = {
+    "msd": {"what": "MSD Task09_Spleen: 41 labelled CT volumes (NIfTI)",
+            "download": "about 1.5 GB", "on_disk": "about 1.5 GB", "licence": "CC BY-SA 4.0",
+            "url": DEFAULT_URL},
+    "ircadb": {"what": "3D-IRCADb-01 patients 1 and 7: CT DICOM series + manual spleen masks",
+               "download": "the whole 20-patient archive (size not measured)",
+               "on_disk": "221 MB", "licence": IRCADB_LICENCE, "url": IRCADB_URL},
+    "thesis-slices": {"what": "the thesis author's 8 animated GIFs -> 85 PNG image/mask pairs",
+                      "download": "1.3 MB", "on_disk": "2.8 MB",
+                      "licence": "derived from MSD Task09 (CC BY-SA 4.0)",
+                      "url": THESIS_GIF_URL},
+}
+
+
+def dataset_lines() -> list[str]:
+    """One line per data set: size, licence and address (`download --list`)."""
+    return [f"{name}: {info['what']}; download {info['download']}, on disk {info['on_disk']}; "
+            f"licence {info['licence']}; {info['url']}" for name, info in DATASET_INFO.items()]
 
 
 def download_dataset(name: str, out: str | Path, url: str | None = None,

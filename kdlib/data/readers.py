@@ -579,8 +579,12 @@ _RE_GIF_FRAME = re.compile(r"^(?P<case>[A-Za-z]+_(?P<num>\d+))_(?P<first>\d+)_(?
                            r"(?P<last>\d+)_f(?P<frame>\d+)$")
 _RE_GIF_FILE = re.compile(r"^(?P<case>[A-Za-z]+_(?P<num>\d+))_(?P<first>\d+)_(?P=num)_"
                           r"(?P<last>\d+)$")
-_RE_CASE_SLICE = re.compile(r"^(?P<case>.+?_\d+)_(?P<slice>\d+)$")
-_RE_ANY_SLICE = re.compile(r"^(?P<case>.+?)_(?P<slice>\d+)$")
+# `<case>_<slice>` where the case id is one or more words (a letter first; letters and hyphens)
+# with at most one number, at its very end (`patient7`, `case-01`) or as a last token
+# (`spleen_3`, `CT_0001`); a bare number, or digits inside the id, is not a case id kdlib can
+# tell from a slice number
+_RE_CASE_SLICE = re.compile(r"^(?P<case>[A-Za-z][A-Za-z-]*(?:_[A-Za-z][A-Za-z-]*)*"
+                            r"(?:\d+|_\d+)?)_(?P<slice>\d+)$")
 
 
 def parse_slice_name(stem: str) -> dict:
@@ -589,21 +593,32 @@ def parse_slice_name(stem: str) -> dict:
     - `spleen_22_40_22_70_f03`  -> case `spleen_22`, GIF range (40, 70), frame 3
     - `spleen_22_40_22_70`      -> case `spleen_22`, GIF range (40, 70), frames inside file
     - `spleen_3_10`             -> case `spleen_3`, slice 10 (thesis layout)
-    - `patient7_12`             -> case `patient7`, slice 12
+    - `patient7_12`, `my_case_12`, `case-01_5` -> case `patient7`, `my_case`, `case-01`
     - anything else             -> case = the whole name, one case per file
+
+    `confident` says whether the name was parsed with confidence, defined as: it has one of
+    the forms above other than the last, i.e. the GIF forms (the case number appears twice),
+    or `<case>_<slice>` with `<slice>` a number and `<case>` made of words that start with a
+    letter (letters and hyphens) holding at most one number, at the very end of the id
+    (`patient7`) or as its own last token (`spleen_3`). A name whose would-be case id starts
+    with a digit, is a bare number, or has digits inside it (`12_spleen_3`, `3_10`,
+    `slice12_spleen_3`) could be `<slice>_..._<case>` as well as `<case>_<slice>`: it is
+    not confident, becomes its own case, and callers that group by case warn (`evaluate`
+    suggests --case-pattern).
     """
     m = _RE_GIF_FRAME.match(stem)
     if m:
         return {"case": m["case"], "range": (int(m["first"]), int(m["last"])),
-                "frame": int(m["frame"]), "slice": None}
+                "frame": int(m["frame"]), "slice": None, "confident": True}
     m = _RE_GIF_FILE.match(stem)
     if m:
         return {"case": m["case"], "range": (int(m["first"]), int(m["last"])), "frame": None,
-                "slice": None}
-    m = _RE_CASE_SLICE.match(stem) or _RE_ANY_SLICE.match(stem)
+                "slice": None, "confident": True}
+    m = _RE_CASE_SLICE.match(stem)
     if m:
-        return {"case": m["case"], "range": None, "frame": None, "slice": int(m["slice"])}
-    return {"case": stem, "range": None, "frame": None, "slice": None}
+        return {"case": m["case"], "range": None, "frame": None, "slice": int(m["slice"]),
+                "confident": True}
+    return {"case": stem, "range": None, "frame": None, "slice": None, "confident": False}
 
 
 def _is_colour(frame) -> bool:
@@ -858,14 +873,92 @@ def load_dicom_series(folder: str | Path, kind: str = "image"):
     return array, spacing, z
 
 
+DICOM_MAGIC_OFFSET = 128  # a DICOM file (PS3.10) has a 128-byte preamble, then b"DICM"
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(DICOM_MAGIC_OFFSET + 4)
+    except OSError:
+        return False
+    return head[DICOM_MAGIC_OFFSET:] == b"DICM"
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when `path` holds DICOM, told by content, never by name (scanners and PACS write
+    files named by UIDs, `CT.1.3.12.2...`, or with no extension at all): the `DICM` magic at
+    byte 128, or else, for a file written without the preamble, pydicom's own reader
+    (forced) finds an image in it (Rows and Columns, or a SOP class) after a first tag of the
+    file meta (group 0002) or identifying (group 0008) group."""
+    path = Path(path)
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    if _has_dicom_magic(path):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            first = handle.read(2)
+    except OSError:
+        return False
+    if first not in (b"\x02\x00", b"\x08\x00"):  # little endian group 0002 or 0008
+        return False
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), force=True, stop_before_pixels=True)
+        return "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)
+    except Exception:  # noqa: BLE001 - not DICOM
+        return False
+
+
+def dicom_series_folders(path: str | Path) -> list[Path]:
+    """Folders holding a DICOM series, found by content (`is_dicom_file`): `path` itself when
+    any of its files is DICOM, else its subfolders that hold DICOM files (natural order)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+
+    def holds_dicom(folder: Path) -> bool:
+        return any(is_dicom_file(p) for p in sorted(folder.iterdir())
+                   if p.is_file() and not p.name.startswith(".")
+                   and not p.name.lower().endswith(IMAGE_EXTS + NIFTI_EXTS))
+
+    if holds_dicom(path):
+        return [path]
+    subs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: natural_key(p.name))
+    return [p for p in subs if holds_dicom(p)]
+
+
+def _dcmread(path: Path):
+    """Read one DICOM file; a file without preamble (no `DICM` magic) is read forced, and
+    without file meta its transfer syntax is the encoding pydicom found."""
+    import pydicom
+
+    if _has_dicom_magic(path):
+        return pydicom.dcmread(str(path))
+    ds = pydicom.dcmread(str(path), force=True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        if not little:
+            raise ValueError("big endian DICOM without file meta")
+        ds.file_meta = meta if meta is not None else FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else \
+            ExplicitVRLittleEndian
+    return ds
+
+
 def _read_dicom_series(folder: Path, kind: str, with_pixels: bool = True):
     """Read every file of a series, sorted by position along the slice normal.
 
     Returns a list of (position, pixel array or None, path, header, (slope, intercept)); for
     kind="image" the pixels are float32 HU (rescale applied), masks are left as stored.
     """
-    import pydicom
-
     files = sorted(_visible(folder.iterdir()), key=lambda p: natural_key(p.name))
     if not files:
         raise DataError(f"empty folder: no DICOM files in this {kind} series", folder,
@@ -873,7 +966,7 @@ def _read_dicom_series(folder: Path, kind: str, with_pixels: bool = True):
     items = []
     for path in files:
         try:
-            ds = pydicom.dcmread(str(path))
+            ds = _dcmread(path)
             pixels = None
             slope = float(getattr(ds, "RescaleSlope", 1) or 1)
             intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
