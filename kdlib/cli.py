@@ -99,6 +99,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_notebooks
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
+    if args.json and not args.plan:
+        raise ConfigError("--json goes with --plan", None, "add --plan")
+    if args.plan:
+        from . import plan
+
+        runs = plan.plan_runs(args.profile, data=args.data, out=args.out, only=only)
+        if args.json:
+            for run in runs:
+                print(json.dumps(run))
+        else:
+            print(plan.format_plan(runs, plan.load_measurements(args.measurements), args.profile))
+        return 0
     run_notebooks(profile=args.profile, data=args.data, out=args.out, only=only)
     return 0
 
@@ -136,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="override the profile's data source")
     p.add_argument("--out", default=None, help="output folder (None: results/<profile>)")
     p.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
+    p.add_argument("--plan", action="store_true",
+                   help="print every run the invocation would make (role, model, configuration, fold, "
+                        "seed, epoch cap, run folder) and totals per notebook; train nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: one JSON object per run")
+    p.add_argument("--measurements", default=None, type=Path,
+                   help="with --plan: measured rates for the projected cost (a gpu_check.json; "
+                        "default: benchmarks/gpu_check.json where it exists)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("phantom", help="write a synthetic MSD-layout spleen CT folder")

@@ -43,6 +43,7 @@ seeds: list = [42]  # several seeds give confidence intervals
 patience: int = 0  # early stopping: epochs without a validation-Dice gain before stopping (0: off; epochs is the cap)
 min_epochs: int = 0  # no early stop before this many epochs (a slow optimiser starts near Dice 0)
 select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
+keep_last: bool = False  # keep each run's last state (optimiser included) so that a higher cap continues it
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
 publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
@@ -62,9 +63,10 @@ out = pipeline.out_folder(profile, out_dir)
 publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
-rows = experiments.grid_rows(["4.2"])  # the thesis's Table 4.2 rows + our KD-off controls
-configs = pipeline.row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
-                               patience=patience, min_epochs=min_epochs, select_on=select_on)
+# the thesis's Table 4.2 rows + our KD-off controls, every fold and seed (as `--plan` lists them)
+configs = pipeline.student_configs(out, setting, epochs=epochs, seeds=seeds, precision=precision,
+                                   patience=patience, min_epochs=min_epochs, select_on=select_on,
+                                   keep_last=keep_last)
 
 # %%
 pipeline.train_all(out, configs, device=device or None)
