@@ -59,6 +59,15 @@ def plan_runs(profile: str, data: str | None = None, out: str | Path | None = No
               only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
               profiles_dir: Path = PROFILES_DIR) -> list[dict[str, Any]]:
     """One dict per run the invocation would make (see the module docstring)."""
+    return enumerate_runs(profile, data, out, only, notebooks_dir, profiles_dir)["runs"]
+
+
+def enumerate_runs(profile: str, data: str | None = None, out: str | Path | None = None,
+                   only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
+                   profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+    """`plan_runs`'s runs (`runs`), with the RunConfig behind each (`configs`, same order), the
+    results folder (`out`), whether the data is prepared (`known`) and the teacher registry
+    notebook 02 would write (`registry`): what `kdlib.executor` submits."""
     from . import pipeline
     from .data import load_split
     from .io import read_json
@@ -117,9 +126,10 @@ def plan_runs(profile: str, data: str | None = None, out: str | Path | None = No
             grid_folds=p["grid_folds"], faithful_grid=p["faithful_grid"], prepared=layout, teachers=registry,
             **{k: p[k] for k in student_options})
 
-    planned, first_in = [], {}
+    planned, first_in, cfgs = [], {}, []
     for stem, configs in by_notebook.items():
         for cfg in pipeline.training_order(configs) if stem != "02_teacher" else configs:
+            cfgs.append(cfg)
             key = pipeline._dedup_key(cfg)
             run_dir = cfg.run_dir(runs_dir) if known else None
             setting, fold = fold_of.get(cfg.split, (cfg.setting, None))
@@ -141,7 +151,7 @@ def plan_runs(profile: str, data: str | None = None, out: str | Path | None = No
                 "shared_with": first_in.get(key),
             })
             first_in.setdefault(key, stem)
-    return planned
+    return {"runs": planned, "configs": cfgs, "out": out_dir, "known": known, "registry": registry}
 
 
 # --------------------------------------------------------------------------- cost
