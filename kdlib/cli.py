@@ -117,6 +117,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_notebooks
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
+    if args.json and not args.plan:
+        raise ConfigError("--json goes with --plan", None, "add --plan")
+    if (args.executor is None) != (args.stage is None):
+        raise ConfigError("--executor and --stage go together", None,
+                          "e.g. --executor slurm --stage 02 (teachers), then --stage 03, then 04")
+    if args.executor:
+        from . import executor
+
+        summary = executor.submit_stage(args.profile, args.stage, args.executor, data=args.data, out=args.out,
+                                        wait=not args.no_wait, device=args.device,
+                                        executor_options=executor.main_options(args))
+        print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
+        return 0
+    if args.plan:
+        from . import plan
+
+        runs = plan.plan_runs(args.profile, data=args.data, out=args.out, only=only)
+        if args.json:
+            for run in runs:
+                print(json.dumps(run))
+        else:
+            print(plan.format_plan(runs, plan.load_measurements(args.measurements), args.profile))
+        return 0
     run_notebooks(profile=args.profile, data=args.data, out=args.out, only=only)
     return 0
 
@@ -156,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="override the profile's data source")
     p.add_argument("--out", default=None, help="output folder (None: results/<profile>)")
     p.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
+    p.add_argument("--plan", action="store_true",
+                   help="print every run the invocation would make (role, model, configuration, fold, "
+                        "seed, epoch cap, run folder) and totals per notebook; train nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: one JSON object per run")
+    p.add_argument("--measurements", default=None, type=Path,
+                   help="with --plan: measured rates for the projected cost (a gpu_check.json; "
+                        "default: benchmarks/gpu_check.json where it exists)")
+    g = p.add_argument_group("cluster", "train one notebook's runs as a job array with submitit "
+                             "(notebook 01 first; then --stage 02, 03, 04; then run the notebooks for the tables)")
+    g.add_argument("--executor", default=None, choices=["slurm", "local"],
+                   help="slurm: one SLURM job-array task per run; local: processes on this machine")
+    g.add_argument("--stage", default=None, choices=["02", "03", "04"],
+                   help="02: the teachers; 03: Table 4.2's students; 04: the ablation grid (each after the one before)")
+    g.add_argument("--partition", default=None, help="SLURM partition (None: the cluster's default)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per task")
+    g.add_argument("--time", type=int, default=240, help="time limit per task, minutes")
+    g.add_argument("--cpus", type=int, default=8, help="CPU cores per task")
+    g.add_argument("--mem", type=int, default=None, help="memory per task, GB (None: the cluster's default)")
+    g.add_argument("--parallel", type=int, default=None, help="at most this many tasks at once (None: no limit)")
+    g.add_argument("--device", default=None, help="device inside each task (None: cuda if available)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="submit and return (a later invocation skips what is finished or running)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("phantom", help="write a synthetic MSD-layout spleen CT folder")

@@ -66,3 +66,21 @@ def folder_lock(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             lock_file.unlink()
         os.close(fd)
+
+
+def is_locked(path: str | Path) -> bool:
+    """True when another live process (or another open descriptor) holds `folder_lock(path)`
+    now; creates nothing. (flock: reliable on one machine; on a cluster file system, only
+    where it supports flock across nodes.)"""
+    lock_file = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False

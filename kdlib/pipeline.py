@@ -7,6 +7,8 @@ Files shared between notebooks, all under the profile's output folder:
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,7 @@ from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text, read_json
 from .paths import REPO_ROOT, check_no_stale_records, publish_path, resolve_data, results_dir
 from .progress import bar
-from .train import RunConfig, is_finished, train
+from .train import NOT_IDENTITY, RunConfig, is_finished, train
 
 PREPARED, TEACHERS = "prepared.json", "teachers.json"
 
@@ -63,6 +65,25 @@ def data_inputs(data: str, out: Path, phantom_cases: int, phantom_size: int,
     return inputs
 
 
+def prepared_layout(out: Path, size: int, settings: list[str], folds: int = 0,
+                    fold_cases: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
+    """Where `prepare` puts each setting's cache and split files (one per fold), computed
+    from its parameters alone: `prepare` writes there, and `kdlib.plan` enumerates the runs
+    of an invocation from it before anything is prepared."""
+    layout: dict[str, Any] = {}
+    for setting in settings:
+        if setting not in experiments.SETTINGS:
+            raise ConfigError(f"unknown setting {setting!r}", fix=f"use {experiments.SETTINGS}")
+        faithful = setting == "faithful"
+        named = [] if faithful else list(fold_cases or [])
+        n_folds = len(named) if named else (1 if faithful or not folds else int(folds))
+        layout[setting] = {"cache": str(out / f"cache-{setting}-{size}"),
+                           "splits": [str(out / "splits" / f"{setting}-{size}-fold{fold}.json")
+                                      for fold in range(n_folds)]}
+    layout["size"] = size
+    return layout
+
+
 def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], settings: list[str],
             split_seed: int = 42, folds: int = 0, test_fraction: float = 0.2,
             val_fraction: float = 0.2, student_fraction: float = 0.5,
@@ -77,11 +98,10 @@ def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], se
     `val_share`: the share of every training patient's slices that joins the validation set
     in the corrected setting (`make_split`)."""
     prepared: dict[str, Any] = {}
+    layout = prepared_layout(out, size, settings, folds, fold_cases)
     for setting in settings:
-        if setting not in experiments.SETTINGS:
-            raise ConfigError(f"unknown setting {setting!r}", fix=f"use {experiments.SETTINGS}")
         faithful = setting == "faithful"
-        cache_dir = out / f"cache-{setting}-{size}"
+        cache_dir = Path(layout[setting]["cache"])
         summary = preprocess(inputs if len(inputs) > 1 else inputs[0], cache_dir, size=size,
                              faithful=faithful, hu_window=None if faithful else tuple(hu_window),
                              export_png=export_png)
@@ -92,7 +112,7 @@ def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], se
             if not isinstance(entry, dict) or not entry.get("test") or set(entry) - {"test", "val"}:
                 raise ConfigError(f"fold_cases entry {entry!r} is invalid", None,
                                   'give one {"test": [...], "val": [...]} per fold')
-        n_folds = len(named) if named else (1 if faithful or not folds else folds)
+        n_folds = len(layout[setting]["splits"])
         for fold in range(n_folds):
             split = make_split(cache, mode="faithful" if faithful else "patient", seed=split_seed,
                                test_fraction=test_fraction, val_fraction=val_fraction,
@@ -103,7 +123,7 @@ def prepare(out: Path, inputs: list[Path], size: int, hu_window: list[float], se
                                val_cases=named[fold].get("val") if named else None,
                                student_by="patient" if faithful else student_by,
                                val_share=0.0 if faithful else val_share)
-            path = out / "splits" / f"{setting}-{size}-fold{fold}.json"
+            path = Path(layout[setting]["splits"][fold])
             save_split(split, path)
             split_paths.append(str(path))
         prepared[setting] = {"cache": str(cache_dir), "splits": split_paths, "summary": summary,
@@ -127,6 +147,37 @@ def model_kwargs(model: str, size: int) -> dict[str, Any]:
     return {"img_size": size} if model == "T2" else {}
 
 
+def teacher_plan(prepared: dict[str, Any], setting: str, teachers: list[str],
+                 faithful_teachers: list[str]) -> dict[str, list[str]]:
+    """The teachers notebook 02 trains, per setting: `teachers` in `setting`, and
+    `faithful_teachers` in the faithful setting too when it was prepared."""
+    plan = {setting: list(teachers)}
+    if faithful_teachers and "faithful" in prepared and setting != "faithful":
+        plan["faithful"] = list(faithful_teachers)
+    return plan
+
+
+def teacher_configs(prepared: dict[str, Any], teachers_by_setting: dict[str, list[str]], epochs: int,
+                    batch_size: int = 8, seeds: list[int] | None = None, precision: str = "fp32",
+                    **options) -> list[tuple[str, int, RunConfig]]:
+    """(setting, fold, RunConfig) of every teacher `train_teachers` trains, in its order."""
+    found = []
+    for setting, teachers in teachers_by_setting.items():
+        if setting not in prepared:
+            raise ConfigError(f"setting {setting!r} was not prepared by 01_preprocess",
+                              None, "add it to 01's `settings`")
+        entry = prepared[setting]
+        for fold, split in enumerate(entry["splits"]):
+            for model in teachers:
+                for seed in seeds or [42]:
+                    cfg = experiments.teacher_run_config(
+                        model, entry["cache"], split, setting, epochs=epochs, batch_size=batch_size,
+                        seed=seed, precision=precision, model_kwargs=model_kwargs(model, prepared["size"]),
+                        name=model, **options)
+                    found.append((setting, fold, cfg))
+    return found
+
+
 def train_teachers(out: Path, teachers_by_setting: dict[str, list[str]], epochs: int,
                    batch_size: int = 8, seeds: list[int] | None = None, precision: str = "fp32",
                    device: str | None = None, **options) -> dict[str, Any]:
@@ -136,21 +187,11 @@ def train_teachers(out: Path, teachers_by_setting: dict[str, list[str]], epochs:
     on validation Dice; `epochs` is then the cap), `weights_dtype`, `keep_last`."""
     prepared = load_prepared(out)
     registry: dict[str, Any] = read_json(out / TEACHERS) if (out / TEACHERS).exists() else {}
-    for setting, teachers in teachers_by_setting.items():
-        if setting not in prepared:
-            raise ConfigError(f"setting {setting!r} was not prepared by 01_preprocess",
-                              out / PREPARED, "add it to 01's `settings`")
-        entry = prepared[setting]
-        for fold, split in enumerate(entry["splits"]):
-            for model in teachers:
-                for seed in seeds or [42]:
-                    cfg = experiments.teacher_run_config(
-                        model, entry["cache"], split, setting, epochs=epochs, batch_size=batch_size,
-                        seed=seed, precision=precision, model_kwargs=model_kwargs(model, prepared["size"]),
-                        name=model, **options)
-                    run_dir = train(cfg, out / "runs", device=device)
-                    registry.setdefault(setting, {}).setdefault(str(fold), {})[model] = str(run_dir)
-                    atomic_write_json(out / TEACHERS, registry)
+    for setting, fold, cfg in teacher_configs(prepared, teachers_by_setting, epochs, batch_size, seeds,
+                                              precision, **options):
+        run_dir = train(cfg, out / "runs", device=device)
+        registry.setdefault(setting, {}).setdefault(str(fold), {})[cfg.model] = str(run_dir)
+        atomic_write_json(out / TEACHERS, registry)
     return registry
 
 
@@ -164,30 +205,89 @@ def teacher_runs(out: Path, setting: str, fold: int) -> dict[str, str]:
 # --------------------------------------------------------------------------- 03/04 students
 
 
+def _dedup_key(cfg: RunConfig) -> str:
+    """Equal for two configurations exactly when their run folders are (within one results
+    folder), without reading the cache or split files the run folder's hash reads."""
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY},
+                      sort_keys=True, default=str)
+
+
 def row_configs(out: Path, rows: list[dict[str, Any]], setting: str, epochs: int,
                 seeds: list[int], precision: str = "fp32", folds: list[int] | None = None,
+                prepared: dict[str, Any] | None = None, teachers: dict[str, Any] | None = None,
                 **overrides) -> list[RunConfig]:
-    """One RunConfig per (thesis row, fold, seed), deduplicated by run folder."""
-    prepared = load_prepared(out)[setting]
+    """One RunConfig per (thesis row, fold, seed), deduplicated by run folder.
+
+    `prepared` (as `prepared.json`) and `teachers` (as `teachers.json`) default to the
+    files of `out`; `kdlib.plan` passes the ones an invocation would write."""
+    prepared = (prepared or load_prepared(out))[setting]
     configs, seen = [], set()
     for fold, split in enumerate(prepared["splits"]):
         if folds is not None and fold not in folds:
             continue
-        teachers = teacher_runs(out, setting, fold)
+        fold_teachers = (teachers.get(setting, {}).get(str(fold), {}) if teachers is not None
+                         else teacher_runs(out, setting, fold))
         for row in rows:
-            if row.get("teacher") and row["teacher"] not in teachers:
+            if row.get("teacher") and row["teacher"] not in fold_teachers:
                 continue  # teacher not trained in this profile: the row stays empty in tables
-            cfg = experiments.row_config(row, prepared["cache"], split, setting, teachers,
+            cfg = experiments.row_config(row, prepared["cache"], split, setting, fold_teachers,
                                          epochs=epochs, precision=precision, **overrides)
             if cfg is None:
                 continue
             for seed in seeds:
                 seeded = replace(cfg, seed=seed)
-                key = seeded.run_dir(out / "runs")
+                key = _dedup_key(seeded)
                 if key not in seen:
                     seen.add(key)
                     configs.append(seeded)
     return configs
+
+
+def student_configs(out: Path, setting: str, epochs: int, seeds: list[int], precision: str = "fp32",
+                    prepared: dict[str, Any] | None = None, teachers: dict[str, Any] | None = None,
+                    **overrides) -> list[RunConfig]:
+    """Notebook 03's runs: Table 4.2's rows and our KD-off controls, every fold and seed."""
+    rows = experiments.grid_rows(["4.2"])  # the thesis's Table 4.2 rows + our KD-off controls
+    return row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
+                       prepared=prepared, teachers=teachers, **overrides)
+
+
+GRIDS = ("all", "claims", "none")
+
+
+def ablation_configs(out: Path, setting: str, grid: str, epochs: int, seeds: list[int],
+                     precision: str = "fp32", grid_folds: list[int] | None = None,
+                     faithful_grid: bool = True, prepared: dict[str, Any] | None = None,
+                     teachers: dict[str, Any] | None = None, **overrides) -> list[RunConfig]:
+    """Notebook 04's runs: the rows of Tables 4.3-4.11 (`grid`: all | claims, only the rows
+    some claim compares | none) on `grid_folds` ([] or None: every fold), and with
+    `faithful_grid` the T1->S1 grid (Tables 4.3, 4.6, 4.7 and 4.2's S1 rows) in the faithful
+    setting when it was prepared."""
+    from . import claims
+
+    if grid not in GRIDS:
+        raise ConfigError(f"grid={grid!r} is not one of {GRIDS}", None, "use 'all', 'claims' or 'none'")
+    prepared = prepared or load_prepared(out)
+    rows = experiments.thesis_rows(experiments.ABLATION_TABLES)
+    rows = claims.rows_claims_need(rows) if grid == "claims" else [] if grid == "none" else rows
+    configs = row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
+                          folds=list(grid_folds) if grid_folds else None, prepared=prepared,
+                          teachers=teachers, **overrides)
+    if faithful_grid and "faithful" in prepared and setting != "faithful":
+        faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
+                         if r["student"] == "S1" and r["teacher"] in ("T1", "")]
+        configs += row_configs(out, faithful_rows, "faithful", epochs=epochs, seeds=seeds,
+                               precision=precision, prepared=prepared, teachers=teachers, **overrides)
+    return configs
+
+
+def training_order(configs: list[RunConfig]) -> list[RunConfig]:
+    """The order `train_all` trains in: configurations that share a teacher run and need the
+    same teacher taps are adjacent, so each set of the teacher's outputs is computed once."""
+    from .train import kd_taps_of
+
+    return sorted(configs, key=lambda c: (c.teacher_run or "", c.split, c.train_subset,
+                                          kd_taps_of(c), c.model))
 
 
 def train_all(out: Path, configs: list[RunConfig], device: str | None = None) -> list[Path]:
@@ -196,7 +296,7 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None) ->
     Configurations that share a teacher run are adjacent, so the teacher's outputs on the
     student training set are computed once for the whole group.
     """
-    ordered = sorted(configs, key=lambda c: (c.teacher_run or "", c.split, c.train_subset, c.model))
+    ordered = training_order(configs)
     todo = sum(not is_finished(c.run_dir(out / "runs")) for c in ordered)
     print(f"{len(ordered)} runs, {len(ordered) - todo} already finished, {todo} to train")
     # One bar over the runs, not one per run: a grid's worth of widget bars floods the

@@ -15,7 +15,9 @@ that one invocation made them.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import json
 import os
 import sys
 import time
@@ -53,9 +55,34 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]
     return profile
 
 
-def declared_parameters(notebook: Path) -> dict[str, Any]:
-    import papermill as pm
+def notebook_defaults(notebook: Path) -> dict[str, Any]:
+    """The `parameters` cell's names and default values, read with `ast` from the .ipynb
+    (no papermill, no kernel): what a notebook runs with when the profile says nothing."""
+    try:
+        nb = json.loads(Path(notebook).read_text())
+    except (OSError, ValueError) as exc:
+        raise KdlibError(f"cannot read the notebook ({exc})", notebook, "restore it from git") from None
+    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ConfigError("no cell tagged 'parameters'", notebook, "tag the parameters cell")
+    source = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) else cells[0]["source"]
+    values: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else \
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and node.value is not None:
+            try:
+                values[target.id] = ast.literal_eval(node.value)
+            except ValueError:
+                values[target.id] = None
+    return values
 
+
+def declared_parameters(notebook: Path) -> dict[str, Any]:
+    try:
+        import papermill as pm
+    except ImportError:  # a GPU machine without papermill can still plan: read the cell itself
+        return notebook_defaults(notebook)
     params = pm.inspect_notebook(str(notebook))
     if not params:
         raise ConfigError("no cell tagged 'parameters'", notebook, "tag the parameters cell")
@@ -91,6 +118,27 @@ def notebook_parameters(profile: dict[str, Any], notebooks: list[Path], profile_
         merged.update(own)
         result[nb.stem] = merged
     return result
+
+
+# what a notebook would otherwise take from its defaults, which are the smoke profile's
+# (2 epochs, one seed, no early stopping, every fold, "auto" precision): a profile that
+# publishes results must set each one that a notebook declares (01: `folds` or `fold_cases`)
+AT_SCALE_PARAMETERS = ("epochs", "seeds", "patience", "min_epochs", "grid", "grid_folds", "precision")
+FOLD_PARAMETERS = ("folds", "fold_cases")
+
+
+def defaulted_at_scale(params: dict[str, dict[str, Any]], notebooks: list[Path]) -> list[str]:
+    """`notebook.parameter` for every at-scale parameter a notebook declares and the profile
+    leaves to the notebook's default (`params` as `notebook_parameters` returns them)."""
+    gaps = []
+    for nb in notebooks:
+        declared = set(declared_parameters(nb))
+        given = params.get(nb.stem, {})
+        gaps += [f"{nb.stem}.{name}" for name in AT_SCALE_PARAMETERS if name in declared and name not in given]
+        folds = [name for name in FOLD_PARAMETERS if name in declared]
+        if folds and not any(name in given for name in folds):
+            gaps.append(f"{nb.stem}.{'|'.join(folds)}")
+    return gaps
 
 
 def _failing_cell(exc: Exception) -> str:
@@ -209,6 +257,9 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
                                  out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KdlibError("the output folder is a file", out_dir, "choose a folder for --out")
+    if _publish_dir(params) is not None and (gaps := defaulted_at_scale(params, all_notebooks)):
+        raise ConfigError(f"a publishing profile leaves {', '.join(gaps)} to the notebooks' smoke defaults",
+                          Path(profiles_dir) / f"{profile}.yaml", "set them in the profile")
     check_no_stale_records(out_dir, _publish_dir(params))  # before hours of training, not after
     with contextlib.ExitStack() as held:
         try:

@@ -27,7 +27,8 @@ Read it top-down:
    kept only with `keep_last=True`, which continuing to a higher cap later needs.
 5. Distilled students never pay the frozen teacher's forward pass per step: the teacher's
    taps on the (unaugmented, fixed) student training set are computed once per process
-   (`teacher_outputs`) and reused by every epoch and every configuration.
+   (`teacher_outputs`) and reused by every epoch and every configuration that needs them;
+   only the taps a run distils from are held.
 6. An epoch does no host work it does not need (issue 17): networks and batches are in
    channels_last where that trains faster (`memory_format`), batches are indexed on the
    device, loss terms and validation counts are summed on the device and read back once
@@ -62,7 +63,7 @@ import numpy as np
 import torch
 
 from . import losses, metrics, models
-from .data import SliceCache, load_split
+from .data import SliceCache, load_split, split_fingerprint
 from .data.splits import check_split
 from .errors import ConfigError, KdlibError, KdlibWarning
 from .io import (atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json,
@@ -82,6 +83,9 @@ ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0}
 # what picks the kept checkpoint on the selection set: the original's loss (teachers seg +
 # recon, students seg loss), or Dice, the quantity early stopping watches and tables report
 SELECT_ON = ("loss", "dice")
+# "auto": bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere, decided where the
+# run trains (`resolve_precision`), never where its configuration is made
+PRECISIONS = ("auto", "fp32", "bf16")
 # metrics.json is a finished run's only if it holds all of these
 _clock = time.monotonic  # the checkpoint cadence's clock (tests replace it)
 REQUIRED_METRICS = ("pooled", "per_image", "per_volume", "loss", "best_epoch", "epochs_run",
@@ -122,7 +126,8 @@ class RunConfig:
     selection: str = "val"         # val | test (faithful: the original selected on the test set)
     select_on: str = "loss"        # loss | dice: which of the selection set's numbers keeps a checkpoint
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    precision: str = "auto"        # auto | fp32 | bf16 (autocast); auto is resolved on creation
+    precision: str = "auto"        # auto | fp32 | bf16 (autocast); auto is kept (and hashed) as
+                                   # "auto" and resolved on the device the run trains on
     setting: str = "corrected"     # corrected | faithful: which reading of the thesis
     weights_dtype: str = "fp16"    # fp16 | fp32: how best.pt stores the weights (test metrics come from them)
     keep_last: bool = False        # keep last.pt (resumable state) after finishing, to continue later
@@ -130,12 +135,10 @@ class RunConfig:
                                    # last write, and always at the last epoch; 0 = every epoch
 
     def __post_init__(self) -> None:
-        if self.precision == "auto":
-            self.precision = resolve_precision("auto")
         checks = {
             "role": ROLES, "loss": ("dice", "dice_bce"),
             "optimizer": ("adamw", "rmsprop"), "threshold": ("prob", "logit"),
-            "selection": ("val", "test"), "select_on": SELECT_ON, "precision": ("fp32", "bf16"),
+            "selection": ("val", "test"), "select_on": SELECT_ON, "precision": PRECISIONS,
             "setting": ("corrected", "faithful"), "train_subset": ("train", "student_train"),
             "weights_dtype": ("fp32", "fp16"), "keep_last": (True, False),
         }
@@ -200,7 +203,9 @@ class RunConfig:
                 del ident[name]
         ident["cache"] = read_json(Path(self.cache) / "manifest.json").get("fingerprint") or \
             sha256_file(Path(self.cache) / "manifest.json")
-        ident["split"] = sha256_file(self.split)
+        # the split's content, not the file's bytes: those hold the absolute cache path,
+        # which would give the same run another identity in another folder or machine
+        ident["split"] = split_fingerprint(self.split)
         if self.teacher_run:
             ident["teacher_run"] = Path(self.teacher_run).name
         return ident
@@ -239,8 +244,9 @@ def baseline_config(student: str, cache: str | Path, split: str | Path, **overri
 def kd_run_config(teacher_run: str | Path, student: str, kd: "losses.KDConfig", cache: str | Path,
                   split: str | Path, name: str | None = None, **overrides) -> RunConfig:
     """Distilled students: RMSprop 1e-2, batch 20, 120 epochs, teacher frozen."""
-    teacher = read_json(Path(teacher_run) / "config.json")["model"]
-    base = dict(name=name or f"KD({teacher},{student})", model=student, role="kd", cache=str(cache),
+    if name is None:  # the default label names the teacher's network, read from its run
+        name = f"KD({read_json(Path(teacher_run) / 'config.json')['model']},{student})"
+    base = dict(name=name, model=student, role="kd", cache=str(cache),
                 split=str(split), train_subset="student_train", teacher_run=str(teacher_run),
                 kd=kd.to_dict(), optimizer="rmsprop", lr=1e-2, weight_decay=0.0, batch_size=20,
                 epochs=120, loss="dice")
@@ -393,7 +399,9 @@ class SliceTensors:
 # ---------------------------------------------------------------------------------------
 # The frozen teacher: loaded once, its outputs on the student training set computed once
 
-_TEACHER_OUTPUTS: dict[tuple, dict[str, torch.Tensor]] = {}
+# the teacher-outputs cache: {"key": (teacher run, slice indices, device, dtype, size),
+# "model": the loaded teacher network, "taps": {tap: tensor}} for one teacher at a time
+_TEACHER_OUTPUTS: dict[str, Any] = {}
 ALL_TEACHER_TAPS = ("enc", "bottleneck", "dec", "logits")
 
 
@@ -498,32 +506,59 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
 
     Stored on `device` in `dtype` (float32 on the CPU, bfloat16 on CUDA by default) so a KD
     step only indexes rows; a 1x1 projector is applied later at the teacher's own resolution.
+
+    Memory (issue 20): only the taps asked for are kept (T1's `enc` alone is 8 MB a slice in
+    bf16 at 256x256, where the logits are 128 kB), for one teacher and data set at a time: taps
+    held that this call does not need are freed before anything is computed, and the missing
+    ones are written into tensors allocated once at their final size, batch by batch (no list
+    of chunks and concatenation, which peaked at twice the outputs). The teacher network
+    stays loaded while the same teacher and data are asked for, so another set of taps costs
+    one inference pass, not a reload; `pipeline.training_order` puts the runs that need the
+    same taps next to each other.
     """
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    # every distillation tap is kept, whatever this configuration needs, so that all the
-    # configurations of a grid (E, B, D, PMD in any combination) share one teacher pass
-    taps = tuple(sorted(set(taps) | set(ALL_TEACHER_TAPS)))
-    key = (str(Path(teacher_run).resolve()), tuple(data.indices.tolist()), taps,
-           str(device), str(dtype), data.images.shape[-1])
-    if key in _TEACHER_OUTPUTS:
-        return _TEACHER_OUTPUTS[key]
-    with torch.random.fork_rng(devices=[]):  # building the network must not move the run's RNG
-        teacher = load_model(teacher_run, device)
-    if device.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
-    stored: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
-    with torch.inference_mode():
-        for start in bar(range(0, len(data), batch_size), desc="teacher outputs (once)", leave=False):
-            image, _ = data.batch(slice(start, start + batch_size), torch.contiguous_format)
-            with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
-                out = teacher(image)
-            for tap in taps:
-                stored[tap].append(out[tap].to(dtype))
-    result = {tap: torch.cat(chunks) for tap, chunks in stored.items()}
-    del teacher
-    _TEACHER_OUTPUTS.clear()  # keep one teacher's outputs at a time: memory stays bounded
-    _TEACHER_OUTPUTS[key] = result
-    return result
+    wanted = tuple(sorted(set(taps)))
+    unknown = set(wanted) - set(ALL_TEACHER_TAPS)
+    if unknown:
+        raise ConfigError(f"unknown teacher taps {sorted(unknown)}", str(teacher_run),
+                          f"use {ALL_TEACHER_TAPS}")
+    key = (str(Path(teacher_run).resolve()), tuple(data.indices.tolist()), str(device), str(dtype),
+           data.images.shape[-1])
+    if _TEACHER_OUTPUTS.get("key") != key:  # another teacher or data set: free the old first
+        _TEACHER_OUTPUTS.clear()
+        _TEACHER_OUTPUTS.update(key=key, model=None, taps={})
+    held: dict[str, torch.Tensor] = _TEACHER_OUTPUTS["taps"]
+    for tap in [tap for tap in held if tap not in wanted]:
+        del held[tap]
+    missing = [tap for tap in wanted if tap not in held]
+    if missing:
+        teacher = _TEACHER_OUTPUTS.get("model")
+        if teacher is None:
+            with torch.random.fork_rng(devices=[]):  # building the network must not move the run's RNG
+                teacher = load_model(teacher_run, device)
+            if device.type == "cuda":
+                teacher = teacher.to(memory_format=torch.channels_last)
+            _TEACHER_OUTPUTS["model"] = teacher
+        n = len(data)
+        filled: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for start in bar(range(0, n, batch_size), desc="teacher outputs (once)", leave=False):
+                image, _ = data.batch(slice(start, start + batch_size), torch.contiguous_format)
+                with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
+                    out = teacher(image)
+                for tap in missing:
+                    value = out[tap]
+                    if tap not in filled:  # allocated once, at its final size
+                        filled[tap] = torch.empty((n, *value.shape[1:]), dtype=dtype, device=device)
+                    filled[tap][start:start + value.shape[0]].copy_(value)
+                del out
+        held.update(filled)
+    return {tap: held[tap] for tap in wanted}
+
+
+def teacher_outputs_bytes() -> int:
+    """Bytes held by the teacher-outputs cache (its taps; not the teacher network)."""
+    return sum(t.numel() * t.element_size() for t in _TEACHER_OUTPUTS.get("taps", {}).values())
 
 
 # ---------------------------------------------------------------------------------------
@@ -558,6 +593,11 @@ def _kd_taps(kd: "losses.KDConfig") -> tuple[str, ...]:
     if kd.pmd != "off":
         taps.append("logits")
     return tuple(taps)
+
+
+def kd_taps_of(cfg: RunConfig) -> tuple[str, ...]:
+    """The teacher taps a run distils from, sorted (() for a run without a teacher)."""
+    return tuple(sorted(_kd_taps(losses.KDConfig.from_dict(cfg.kd)))) if cfg.kd else ()
 
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: SliceTensors,
@@ -820,10 +860,12 @@ def train(cfg: RunConfig, runs_dir: str | Path, device: str | None = None,
     return run_dir
 
 
-def _start_record(cfg: RunConfig, run_dir: Path, resumed_from: int | None) -> None:
+def _start_record(cfg: RunConfig, run_dir: Path, resumed_from: int | None,
+                  dev: torch.device | None = None) -> None:
     """Write config.json: the configuration plus its provenance (code commit and whether the
-    tree was clean, data and split checksums); a resume or continuation appends its own
-    code state, so a run assembled across commits says so."""
+    tree was clean, data and split checksums, the device and the precision "auto" became
+    there); a resume or continuation appends its own code state and device, so a run
+    assembled across commits or machines says so."""
     config_path = run_dir / "config.json"
     stored = read_json(config_path) if config_path.exists() else None
     if stored is not None and not _same_configuration(stored, cfg):
@@ -834,8 +876,12 @@ def _start_record(cfg: RunConfig, run_dir: Path, resumed_from: int | None) -> No
         fingerprint = read_json(Path(cfg.cache) / "manifest.json").get("fingerprint") or \
             sha256_file(Path(cfg.cache) / "manifest.json")
         record = run_provenance(fingerprint, sha256_file(cfg.split))
+        if dev is not None:
+            record = dict(record, device=dev.type, precision=resolve_precision(cfg.precision, dev))
     if resumed_from is not None:
         entry = dict(code_state(), after_epoch=resumed_from + 1,
+                     **({"device": dev.type, "precision": resolve_precision(cfg.precision, dev)}
+                        if dev is not None else {}),
                      date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
         record = dict(record, resumed=list(record.get("resumed", [])) + [entry])
     atomic_write_json(config_path, {**cfg.to_dict(), "provenance": record})
@@ -851,14 +897,15 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
                          f"(last.pt), so it cannot be continued to {cfg.epochs}", run_dir,
                          "delete the folder to train from scratch, or set keep_last=True for "
                          "runs you may continue")
-    _start_record(cfg, run_dir, None if state is None else int(state["epoch"]))
+    _start_record(cfg, run_dir, None if state is None else int(state["epoch"]), dev)
     set_determinism(dev)
 
     cache = SliceCache.load(cfg.cache)
     split = load_split(cfg.split)
     check_split(split, cache, cfg.setting, cfg.split)
     select_key = "test" if cfg.selection == "test" else "val"
-    layout = memory_format(cfg.model, dev, cfg.precision)
+    precision = resolve_precision(cfg.precision, dev)  # "auto" is decided here, on the device
+    layout = memory_format(cfg.model, dev, precision)
     train_data = SliceTensors(cache, split[cfg.train_subset], dev, layout)
     select_data = SliceTensors(cache, split[select_key], dev, layout)
     if len(train_data) == 0 or len(select_data) == 0:
@@ -877,8 +924,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         teacher_info = {tap: tuple(v) for tap, v in teacher_metrics["feature_info"].items()}
         distiller = losses.Distiller(kd, teacher_info, model.feature_info, generator=projector_rng).to(dev)
         taps = _kd_taps(kd)
-        cached_teacher = {tap: t for tap, t in teacher_outputs(cfg.teacher_run, train_data, taps, dev).items()
-                          if tap in taps}
+        cached_teacher = teacher_outputs(cfg.teacher_run, train_data, taps, dev)
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = _make_optimizer(cfg, params)
     # the training loop's global draws (dropout) start from the seed, whatever ran above
@@ -924,10 +970,10 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         started = time.time()
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         means = _train_epoch(model, optimizer, train_data, cfg.batch_size, generator, objective,
-                             dev, cfg.precision)
+                             dev, precision)
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({f"train_{k}": v for k, v in means.items()})
-        val = validate(model, select_data, cfg.threshold, dev, precision=cfg.precision,
+        val = validate(model, select_data, cfg.threshold, dev, precision=precision,
                        with_recon=cfg.role == "teacher",
                        seg_loss="dice" if cfg.role == "kd" else cfg.loss)
         # lower is better: the original's loss (teachers seg + recon, students seg loss), or
@@ -982,9 +1028,10 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     test_data = SliceTensors(cache, split["test"], dev)
     best_model = load_model(run_dir, dev, finite=False)  # a diverged run still gets its record
     last_model = last_model.to(memory_format=torch.contiguous_format)
-    result = evaluate_model(best_model, test_data, cfg.threshold, dev, precision=cfg.precision,
+    precision = resolve_precision(cfg.precision, dev)
+    result = evaluate_model(best_model, test_data, cfg.threshold, dev, precision=precision,
                             with_recon=cfg.role == "teacher")
-    last = evaluate_model(last_model, test_data, cfg.threshold, dev, precision=cfg.precision,
+    last = evaluate_model(last_model, test_data, cfg.threshold, dev, precision=precision,
                           with_recon=cfg.role == "teacher")
     n_params = models.count_parameters(best_model)
     result.update(
@@ -996,6 +1043,7 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
         feature_info={tap: list(v) for tap, v in best_model.feature_info.items()},
         train_seconds=float(sum(r["seconds"] for r in history)),
         train_memory_format="channels_last" if layout == torch.channels_last else "nchw",
+        precision=precision, device=dev.type,
         synthetic=bool(cache.manifest.get("synthetic", False)))
     atomic_write_json(run_dir / "metrics.json", result)
     if not cfg.keep_last:

@@ -69,9 +69,7 @@ out = pipeline.out_folder(profile, out_dir)
 publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
-plan = {setting: teachers}
-if faithful_teachers and "faithful" in prepared and setting != "faithful":
-    plan["faithful"] = faithful_teachers
+plan = pipeline.teacher_plan(prepared, setting, teachers, faithful_teachers)
 print("training plan:", plan, "| folds:", len(prepared[setting]["splits"]))
 
 # %%

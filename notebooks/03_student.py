@@ -45,6 +45,7 @@ min_epochs: int = 0  # no early stop before this many epochs (a slow optimiser s
 select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
 smooth: int = 1  # stopping and selection watch the mean of the last `smooth` epochs (1: each epoch; a lucky epoch cannot win with more)
 warmup: int = 0  # the first `warmup` epochs set no best: never kept, never the peak that patience waits to beat
+keep_last: bool = False  # keep each run's last state (optimiser included) so that a higher cap continues it
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
 publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
@@ -64,9 +65,10 @@ out = pipeline.out_folder(profile, out_dir)
 publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
-rows = experiments.grid_rows(["4.2"])  # the thesis's Table 4.2 rows + our KD-off controls
-configs = pipeline.row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
-                               patience=patience, min_epochs=min_epochs, select_on=select_on, smooth=smooth, warmup=warmup)
+# the thesis's Table 4.2 rows + our KD-off controls, every fold and seed (as `--plan` lists them)
+configs = pipeline.student_configs(out, setting, epochs=epochs, seeds=seeds, precision=precision,
+                                   patience=patience, min_epochs=min_epochs, select_on=select_on, smooth=smooth, warmup=warmup,
+                                   keep_last=keep_last)
 
 # %%
 pipeline.train_all(out, configs, device=device or None)

@@ -40,6 +40,7 @@ min_epochs: int = 0  # no early stop before this many epochs (a slow optimiser s
 select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
 smooth: int = 1  # stopping and selection watch the mean of the last `smooth` epochs (1: each epoch; a lucky epoch cannot win with more)
 warmup: int = 0  # the first `warmup` epochs set no best: never kept, never the peak that patience waits to beat
+keep_last: bool = False  # keep each run's last state (optimiser included) so that a higher cap continues it
 grid: str = "all"  # all: every row of Tables 4.3-4.11 | claims: only the rows the claims compare | none (CPU-sized cuts)
 grid_folds: list = []  # [] -> every fold prepared by 01; e.g. [0] to run the grid on one fold
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
@@ -53,7 +54,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from kdlib import claims, experiments, figures, pipeline, tables, train
+from kdlib import experiments, figures, pipeline, tables, train
 from kdlib.data import SliceCache, load_split
 
 started = time.time()
@@ -61,23 +62,11 @@ out = pipeline.out_folder(profile, out_dir)
 publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
-folds = grid_folds or None
-grid_rows = experiments.thesis_rows(experiments.ABLATION_TABLES)
-if grid == "claims":
-    grid_rows = claims.rows_claims_need(grid_rows)
-elif grid == "none":
-    grid_rows = []
-elif grid != "all":
-    raise ValueError(f"grid={grid!r}: use 'all', 'claims' or 'none'")
-configs = pipeline.row_configs(out, grid_rows, setting, epochs=epochs, seeds=seeds, precision=precision,
-                               folds=folds, patience=patience, min_epochs=min_epochs,
-                               select_on=select_on, smooth=smooth, warmup=warmup)
-if faithful_grid and "faithful" in prepared and setting != "faithful":
-    faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
-                     if r["student"] == "S1" and r["teacher"] in ("T1", "")]
-    configs += pipeline.row_configs(out, faithful_rows, "faithful", epochs=epochs, seeds=seeds,
-                                    precision=precision, patience=patience, min_epochs=min_epochs,
-                                    select_on=select_on, smooth=smooth, warmup=warmup)
+# the rows of Tables 4.3-4.11 that `grid` selects, and the faithful T1->S1 grid (as `--plan` lists them)
+configs = pipeline.ablation_configs(out, setting, grid, epochs=epochs, seeds=seeds, precision=precision,
+                                    grid_folds=grid_folds, faithful_grid=faithful_grid, patience=patience,
+                                    min_epochs=min_epochs, select_on=select_on, smooth=smooth, warmup=warmup,
+                                    keep_last=keep_last)
 print(len(configs), "configurations")
 
 # %%

@@ -29,6 +29,21 @@ def require_shared(sub: str = "") -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """`cuda`-marked tests skip with a message where torch sees no CUDA device."""
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device: cuda-marked tests run on a GPU "
+                                   "(python benchmarks/gpu_check.py --out DIR runs them)")
+    for item in cuda:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared()

@@ -74,3 +74,30 @@ def test_fast(tmp_path):
     write_phantom_msd(tmp_path / "p", cases=6, seed=1, size=64)
     elapsed = time.perf_counter() - start
     assert elapsed < 2.0, f"6 cases at 64x64 took {elapsed:.2f} s"
+
+
+def test_phantom_cache_without_nibabel(tmp_path):
+    """Issue 20: a slice cache written with numpy alone (gpu_check's data): the same cases and
+    slice counts as the MSD-layout phantom, loadable and splittable like a preprocessed cache."""
+    import subprocess
+    import sys
+
+    from kdlib.data import SliceCache, make_split
+    from kdlib.data.phantom import write_phantom_cache
+
+    code = ("import sys; sys.modules['nibabel'] = None; sys.modules['pydicom'] = None\n"
+            "from kdlib.data.phantom import write_phantom_cache\n"
+            f"write_phantom_cache({str(tmp_path / 'c')!r}, cases=3, seed=1, size=32)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cache = SliceCache.load(tmp_path / "c")
+    msd = read_msd(write_phantom_msd(tmp_path / "msd", cases=3, seed=1, size=32))
+    assert [v.n_slices for v in msd] == [int((cache.case_ids == c).sum()) for c in cache.cases]
+    assert cache.images.dtype == np.uint8 and cache.images.shape[1:] == (32, 32)
+    assert set(np.unique(cache.masks)) <= {0, 255} and cache.masks.max() == 255
+    assert cache.manifest["synthetic"] is True
+    assert write_phantom_cache(tmp_path / "c", cases=3, seed=1, size=32) == tmp_path / "c"  # same: reused
+    with pytest.raises(KdlibError):
+        write_phantom_cache(tmp_path / "c", cases=4, seed=1, size=32)
+    split = make_split(cache, mode="patient", seed=0)
+    assert split["train"] and split["test"]

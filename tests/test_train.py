@@ -312,7 +312,8 @@ def test_precision_auto(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
     assert train.resolve_precision("auto", "cpu") == "bf16"
     cfg = train.RunConfig(name="x", model="S1", role="baseline", cache="c", split="s")
-    assert cfg.precision == "bf16" and cfg.to_dict()["precision"] == "bf16"  # resolved on creation
+    # kept as "auto" (issue 20): resolved on the device the run trains on, not where it is made
+    assert cfg.precision == "auto" and cfg.to_dict()["precision"] == "auto"
     with pytest.raises(KdlibError):
         train.RunConfig(name="x", model="S1", role="baseline", cache="c", split="s", precision="fp8")
 
@@ -741,3 +742,91 @@ def test_replaying_the_rules_on_a_history_gives_the_runs_own_choice(tiny, tmp_pa
     # the same trajectory without early stopping, replayed with the rule, stops where it did
     full = train.load_history(train.train(replace(cfg, patience=0), tmp_path / "full", progress=False))
     assert train.replay_selection(cfg, full.to_dict("records")) == (m["epochs_run"], m["best_epoch"])
+
+
+# ---------------------------------------------------------------------------------------
+# issue 20: a run's identity does not depend on the machine or folder that makes it
+
+
+def _moved_copy(tiny, target):
+    """The tiny cache and split copied to another folder, as another machine would have
+    them: the split made there (so its file records that folder's cache path)."""
+    import shutil
+
+    shutil.copytree(tiny / "cache", target / "cache")
+    cache = SliceCache.load(target / "cache")
+    save_split(make_split(cache, mode="patient", seed=0), target / "split.json")
+    return target
+
+
+def test_identity_is_the_same_in_another_folder(tiny, tmp_path):
+    moved = _moved_copy(tiny, tmp_path / "elsewhere")
+    here, there = _baseline(tiny), _baseline(moved)
+    assert (tiny / "split.json").read_bytes() != (moved / "split.json").read_bytes()  # the paths differ
+    assert here.identity()["split"] == there.identity()["split"]
+    assert here.run_dir("runs") == there.run_dir("runs")
+    # a kd run names its teacher by folder name only: the same in both places
+    kd = losses.kd_config_for("T1", "S1", scales=("B",), loss="infonce", pmd="binary")
+    a = train.kd_run_config(tmp_path / "a" / "runs" / "t1-s42-0123", "S1", kd, tiny / "cache", tiny / "split.json",
+                            name="KD(T1,S1) B")
+    b = train.kd_run_config(tmp_path / "b" / "t1-s42-0123", "S1", kd, moved / "cache", moved / "split.json",
+                            name="KD(T1,S1) B")
+    assert a.run_dir("r") == b.run_dir("r")
+    # but another split (content) is another run
+    other = tmp_path / "other"
+    other.mkdir()
+    save_split(make_split(SliceCache.load(tiny / "cache"), mode="patient", seed=1), other / "split.json")
+    assert _baseline(tiny, split=str(other / "split.json")).run_dir("runs") != here.run_dir("runs")
+
+
+def test_precision_auto_is_not_resolved_into_the_identity(tiny, monkeypatch):
+    """A configuration made on a CPU host and one made on a GPU host get the same run folder."""
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    on_cpu = _baseline(tiny, precision="auto")
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    on_gpu = _baseline(tiny, precision="auto")
+    assert on_cpu.identity()["precision"] == "auto" and on_cpu.run_dir("r") == on_gpu.run_dir("r")
+    assert _baseline(tiny, precision="bf16").run_dir("r") != on_cpu.run_dir("r")
+
+
+def test_auto_precision_is_decided_and_recorded_where_the_run_trains(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    run = train.train(_baseline(tiny, precision="auto", epochs=1), tmp_path, device="cpu", progress=False)
+    assert json.loads((run / "config.json").read_text())["precision"] == "auto"
+    assert json.loads((run / "config.json").read_text())["provenance"]["precision"] == "fp32"
+    assert _metrics(run)["precision"] == "fp32" and _metrics(run)["device"] == "cpu"
+    # the same numbers as the explicit fp32 run (only the folder differs)
+    explicit = train.train(_baseline(tiny, precision="fp32", epochs=1), tmp_path, device="cpu", progress=False)
+    assert _metrics(explicit)["pooled"] == _metrics(run)["pooled"]
+
+
+def test_teacher_outputs_keep_only_the_taps_asked_for(tiny, tmp_path, monkeypatch):
+    """Issue 20: the cache holds the taps a run distils from (not all four), filled in place;
+    the values are the teacher's own outputs; another tap set reuses the loaded teacher."""
+    teacher = train.train(train.teacher_config("unet", tiny / "cache", tiny / "split.json", epochs=1),
+                          tmp_path, progress=False)
+    dev = torch.device("cpu")
+    cache, split = SliceCache.load(tiny / "cache"), train.load_split(tiny / "split.json")
+    data = train.SliceTensors(cache, split["student_train"], dev)
+    loads = []
+    real_load = train.load_model
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    train._TEACHER_OUTPUTS.clear()
+    got = train.teacher_outputs(teacher, data, ("bottleneck", "logits"), dev, batch_size=5)
+    assert set(got) == {"bottleneck", "logits"} and set(train._TEACHER_OUTPUTS["taps"]) == set(got)
+    assert train.teacher_outputs_bytes() == sum(t.numel() * 4 for t in got.values())
+    model = real_load(teacher, dev)
+    with torch.inference_mode():
+        image, _ = data.batch(slice(0, len(data)), torch.contiguous_format)
+        direct = model(image)
+    for tap, value in got.items():  # batch by batch into one tensor: the same numbers
+        assert value.shape == direct[tap].shape and torch.allclose(value, direct[tap], atol=1e-5)
+    # a subset frees the rest; a new tap is computed with the teacher already loaded
+    assert set(train.teacher_outputs(teacher, data, ("logits",), dev)) == {"logits"}
+    assert set(train._TEACHER_OUTPUTS["taps"]) == {"logits"}
+    assert set(train.teacher_outputs(teacher, data, ("enc", "logits"), dev)) == {"enc", "logits"}
+    assert len(loads) == 1
+    with pytest.raises(KdlibError, match="unknown teacher taps"):
+        train.teacher_outputs(teacher, data, ("nope",), dev)
+    train._TEACHER_OUTPUTS.clear()

@@ -155,3 +155,55 @@ def write_phantom_msd(out: str | Path, cases: int = 6, seed: int = 0, size: int 
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def write_phantom_cache(out: str | Path, cases: int = 6, seed: int = 0, size: int = 64,
+                        slices: int | None = None) -> Path:
+    """A slice cache (as `preprocess` writes it: `images.npy`, `masks.npy`, `case_ids.npy`,
+    `slice_index.npy`, `sources.npy`, `manifest.json` with `"synthetic": true`) of the same
+    phantom cases as `write_phantom_msd`, drawn at `size` and windowed with numpy alone: no
+    NIfTI, so no nibabel (`benchmarks/gpu_check.py` runs where nibabel may be missing).
+
+    The corrected setting's mapping (the abdominal HU window, binary 0/255 masks); the slice
+    counts are `write_phantom_msd`'s for the same arguments."""
+    from ..io import atomic_write_json, config_hash
+    from .cache import DEFAULT_HU_WINDOW, hu_to_uint8
+
+    out = Path(out)
+    for name, value, low in (("cases", cases, 1), ("size", size, 16), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    params = {"cases": int(cases), "seed": int(seed), "size": int(size),
+              "slices": None if slices is None else int(slices), "hu_window": list(DEFAULT_HU_WINDOW)}
+    if out.exists():
+        manifest = out / "manifest.json"
+        if manifest.is_file() and read_json(manifest).get("params", {}).get("phantom_cache") == params:
+            return out
+        raise DataError("refusing to overwrite an existing folder", out,
+                        "delete it or choose another output folder")
+    images, masks, case_ids, slice_index, per_case = [], [], [], [], []
+    for case in range(1, cases + 1):
+        rng = np.random.default_rng([int(seed), case])
+        n = int(slices) if slices is not None else _default_slices(rng, size)
+        image, label = phantom_volume(rng, size, n)
+        images.append(np.moveaxis(hu_to_uint8(image, False, DEFAULT_HU_WINDOW), 2, 0))
+        masks.append(np.moveaxis(label.astype(np.uint8) * np.uint8(255), 2, 0))
+        case_ids += [f"spleen_{case}"] * n
+        slice_index.append(np.arange(n, dtype=np.int64))
+        per_case.append({"case_id": f"spleen_{case}", "slices": n,
+                         "positive_slices": int((label.reshape(-1, n).max(0) > 0).sum())})
+    arrays = {"images.npy": np.ascontiguousarray(np.concatenate(images)),
+              "masks.npy": np.ascontiguousarray(np.concatenate(masks)),
+              "case_ids.npy": np.asarray(case_ids), "slice_index.npy": np.concatenate(slice_index),
+              "sources.npy": np.asarray(["phantom"] * len(case_ids))}
+    counts = {"cases": cases, "slices": len(case_ids),
+              "positive_slices": int(sum(r["positive_slices"] for r in per_case))}
+    manifest = {"kind": "kdlib slice cache", "fingerprint": config_hash({"phantom_cache": params}, length=16),
+                "params": {"size": int(size), "faithful": False, "hu_window": list(DEFAULT_HU_WINDOW),
+                           "phantom_cache": params},
+                "inputs": [], "counts": counts, "per_case": per_case, "synthetic": True}
+    with atomic_dir(out) as tmp:
+        for name, array in arrays.items():
+            np.save(tmp / name, array, allow_pickle=False)
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return out

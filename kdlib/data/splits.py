@@ -362,6 +362,23 @@ def save_split(split: dict, path: str | Path) -> Path:
     return path
 
 
+# where the split file was made: not part of what the split is (the cache's content is, via
+# `cache_fingerprint`), so it stays out of `split_fingerprint`
+LOCATION_KEYS = ("cache",)
+
+
+def split_fingerprint(split: dict | str | Path) -> str:
+    """sha256 of a split's content less where it was made (the absolute `cache` path): the
+    same split made in another folder or on another machine has the same fingerprint, which
+    the run identity (`RunConfig.identity`) hashes instead of the file's bytes."""
+    import hashlib
+
+    data = read_json(Path(split)) if isinstance(split, (str, Path)) else split
+    payload = {k: v for k, v in json.loads(json.dumps(data, default=str)).items() if k not in LOCATION_KEYS}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def load_split(path: str | Path, cache: SliceCache | str | Path | None = None) -> dict:
     """Read a split saved by save_split; with `cache`, check it was made for that cache."""
     path = Path(path)
