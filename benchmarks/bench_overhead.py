@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_line, update_section  # noqa: E402
+from _results import cpu_name, machine_line, update_section  # noqa: E402
 from bench_epochs import step_time  # noqa: E402
 from kdlib import train  # noqa: E402
 from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd  # noqa: E402
@@ -52,19 +52,6 @@ SIZE = 64
 NETWORKS = ("S1", "S2", "T1")
 
 
-def cpu_name() -> str:
-    """Model name and the bf16 flags of the CPU (Linux /proc/cpuinfo)."""
-    name, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown CPU":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
-    return f"{name} ({', '.join(bf16) if bf16 else 'no native bf16'})"
 
 
 def phantom(root: Path) -> tuple[Path, Path]:

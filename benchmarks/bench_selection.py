@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -57,6 +56,7 @@ from kdlib import experiments, metrics, pipeline, train  # noqa: E402
 from kdlib.data import SliceCache, load_split  # noqa: E402
 from kdlib.errors import KdlibError  # noqa: E402
 from kdlib.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from _results import cpu_name  # noqa: E402
 
 COLLAPSE_VAL, COLLAPSE_TEST = 0.6, 0.2
 CHOICE_MARGIN = 0.02
@@ -67,15 +67,6 @@ STUDENT_STOP = dict(patience=20, min_epochs=40)
 TEACHER_BEFORE = dict(select_on="loss", smooth=1, warmup=0, patience=8, min_epochs=10, epochs=30)
 TEACHER_AFTER = dict(select_on="dice", smooth=3, warmup=10, patience=8, min_epochs=15)
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------- data

@@ -821,9 +821,9 @@ def replay_selection(cfg: RunConfig, history: list[dict[str, Any]]) -> tuple[int
     its last row, as a run at its cap does."""
     best, best_epoch = math.inf, 0
     rows = history[:cfg.epochs]
+    capped = dataclasses.replace(cfg, epochs=len(rows))  # the recorded history ends as a cap does
     for epoch in range(1, len(rows) + 1):
-        stop, keep, best = selection_step(dataclasses.replace(cfg, epochs=len(rows)), rows[:epoch],
-                                          best, best_epoch)
+        stop, keep, best = selection_step(capped, rows[:epoch], best, best_epoch)
         if keep:
             best_epoch = epoch
         if stop:

@@ -178,6 +178,21 @@ def write_dicom_patient(root: Path, n=4, size=16, shuffle_names=True, seed=0,
 
 
 # --------------------------------------------------------------------------- the command line
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished one-epoch S1 baseline on a tiny phantom (predict and hostile-input tests)."""
+    from kdlib import train
+    from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
+
+    root = tmp_path_factory.mktemp("run")
+    data = write_phantom_msd(root / "phantom", cases=3, seed=0, size=32, slices=8)
+    preprocess(data, root / "cache", size=32)
+    save_split(make_split(SliceCache.load(root / "cache"), mode="patient", seed=0),
+               root / "split.json")
+    cfg = train.baseline_config("S1", root / "cache", root / "split.json", epochs=1, batch_size=8)
+    return train.train(cfg, root / "runs", progress=False)
+
+
 @pytest.fixture
 def no_progress_bars(monkeypatch):
     """stderr then holds kdlib's own lines only (progress bars also write there)."""

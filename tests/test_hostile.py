@@ -16,20 +16,6 @@ from conftest import assert_one_error, run_cli, write_nifti
 pytestmark = pytest.mark.usefixtures("no_progress_bars")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from kdlib import train
-    from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
-
-    root = tmp_path_factory.mktemp("run")
-    data = write_phantom_msd(root / "phantom", cases=3, seed=0, size=32, slices=8)
-    preprocess(data, root / "cache", size=32)
-    save_split(make_split(SliceCache.load(root / "cache"), mode="patient", seed=0),
-               root / "split.json")
-    cfg = train.baseline_config("S1", root / "cache", root / "split.json", epochs=1, batch_size=8)
-    return train.train(cfg, root / "runs", progress=False)
-
-
 def _copy_run(run, tmp_path) -> Path:
     copy = tmp_path / run.name
     shutil.copytree(run, copy)
