@@ -152,6 +152,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    print(json.dumps(export_onnx(args.model, args.onnx, check=args.check)))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
@@ -277,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "spleen.csv (one row per input: slices, slices with spleen, spleen "
                         "volume in mL or pixels); created; existing files are never replaced")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write a trained run as an ONNX model, checked against torch")
+    p.add_argument("--model", required=True, type=Path,
+                   help="a finished run folder (results/<profile>/runs/<name>, or a published "
+                        "model under figures/)")
+    p.add_argument("--onnx", required=True, type=Path,
+                   help="the .onnx file to write (with <name>.onnx.json beside it: input, "
+                        "threshold and preprocessing); an existing file is never replaced")
+    p.add_argument("--check", default=None, type=Path,
+                   help="a slice cache (`kdlib preprocess --size <the model's>`) whose slices "
+                        "torch and onnxruntime must segment alike (None: the run's own test "
+                        "slices where its cache is here, else generated phantom slices)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     p.add_argument("--pred", required=True, type=Path,

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from . import losses, metrics, models
+from .augment import augment_batch
 from .data import SliceCache, load_split, split_fingerprint
 from .data.splits import check_split
 from .errors import ConfigError, KdlibError, KdlibWarning
@@ -79,7 +80,7 @@ ROLES = ("teacher", "baseline", "control", "kd")
 NOT_IDENTITY = ("epochs", "keep_last", "checkpoint_seconds")
 # fields added after runs were published, with the value older runs had: at that value they
 # stay out of the hash (old run folders keep their names) and fill older config.json files
-ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0}
+ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0, "augment": False}
 # what picks the kept checkpoint on the selection set: the original's loss (teachers seg +
 # recon, students seg loss), or Dice, the quantity early stopping watches and tables report
 SELECT_ON = ("loss", "dice")
@@ -133,6 +134,8 @@ class RunConfig:
     keep_last: bool = False        # keep last.pt (resumable state) after finishing, to continue later
     checkpoint_seconds: float = 60.0  # write last.pt at the first epoch end this long after the
                                    # last write, and always at the last epoch; 0 = every epoch
+    augment: bool = False          # kdlib.augment's policy on every training batch (corrected
+                                   # setting, runs without a teacher): the release students
 
     def __post_init__(self) -> None:
         checks = {
@@ -141,6 +144,7 @@ class RunConfig:
             "selection": ("val", "test"), "select_on": SELECT_ON, "precision": PRECISIONS,
             "setting": ("corrected", "faithful"), "train_subset": ("train", "student_train"),
             "weights_dtype": ("fp32", "fp16"), "keep_last": (True, False),
+            "augment": (True, False),
         }
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
@@ -149,6 +153,13 @@ class RunConfig:
             raise ConfigError("a kd run needs teacher_run and kd", self.name)
         if self.role != "kd" and (self.teacher_run is not None or self.kd is not None):
             raise ConfigError(f"a {self.role} run has no teacher_run or kd", self.name)
+        if self.augment and self.setting == "faithful":
+            raise ConfigError("augment is an option of the corrected setting (the original "
+                              "trained on the slices as given)", self.name, "drop augment")
+        if self.augment and self.role == "kd":
+            raise ConfigError("a distilled run cannot augment: its teacher's outputs are "
+                              "computed once, on the slices as given", self.name,
+                              "augment baseline or control runs only")
         if self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("batch_size and epochs must be >= 1", self.name)
         try:  # one spelling per value: 0 and 0.0 must hash alike
@@ -602,15 +613,18 @@ def kd_taps_of(cfg: RunConfig) -> tuple[str, ...]:
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: SliceTensors,
                  batch_size: int, generator: torch.Generator, objective, device: torch.device,
-                 precision: str) -> dict[str, float]:
+                 precision: str, augment: torch.Generator | None = None) -> dict[str, float]:
     """One pass over `data` in the generator's order; `objective(rows, out, image, mask)`
     gives the loss terms ("total" is minimised). Returns each term's mean over the images.
+    `augment`: a generator for `kdlib.augment.augment_batch` on every batch (None: as given).
 
     Nothing is read back per step: the terms are summed on the device (in float64, so the
     means are those of the former per-step `float()` reads, bit for bit) and read once."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
     for rows, image, mask in data.batches(batch_size, generator):
+        if augment is not None:
+            image, mask = augment_batch(image, mask, augment)
         with autocast(device, precision):
             terms = objective(rows, model(image), image, mask)
         optimizer.zero_grad(set_to_none=True)
@@ -969,8 +983,11 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
             break
         started = time.time()
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        # augmentation draws from its own stream, per epoch (a resumed run draws the same)
+        augment = torch.Generator().manual_seed(stream_seed(cfg.seed, "augment") + epoch) \
+            if cfg.augment else None
         means = _train_epoch(model, optimizer, train_data, cfg.batch_size, generator, objective,
-                             dev, precision)
+                             dev, precision, augment)
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({f"train_{k}": v for k, v in means.items()})
         val = validate(model, select_data, cfg.threshold, dev, precision=precision,

@@ -1,0 +1,75 @@
+"""Training-time augmentation for students meant for other scanners (the release students).
+
+An option of the corrected setting only (`RunConfig.augment`): the faithful setting and every
+claim's run train on the slices as given, as the thesis did. One policy, applied per image on
+the device the batch lives on, from a generator of its own (so a seed gives the same draws
+whatever else the run draws, and a run without augmentation draws nothing):
+
+- **orientation**: one of the 8 rotations by 90 degrees x flips, uniformly. 2D slices carry no
+  orientation, so a model that has seen all 8 need not be told which one a user's PNG is in;
+- **scale and small rotation**: zoom by 0.85-1.15 and turn by up to 15 degrees (bilinear for
+  the image, the mask resampled the same way and thresholded at 0.5; outside the slice is 0,
+  i.e. the bottom of the HU window, as air);
+- **intensity and contrast**: contrast x0.8-1.2 about the image's mean, brightness +-0.1 (of
+  the 0..1 range), clipped to 0..1: another scanner's noise and calibration, roughly.
+
+A distilled run cannot augment: its teacher's outputs are computed once, on the slices as
+given (`train.teacher_outputs`), and would no longer match the student's input.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SCALE = (0.85, 1.15)
+MAX_DEGREES = 15.0
+CONTRAST = (0.8, 1.2)
+BRIGHTNESS = 0.1
+
+
+def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
+    """One of the 8 orientations of (..., H, W): op // 2 quarter turns counter-clockwise, then
+    a left-right flip when op is odd (op 0 is the identity)."""
+    if not 0 <= op < 8:
+        raise ValueError(f"op must be 0..7, got {op}")
+    out = torch.rot90(x, op // 2, dims=(-2, -1))
+    return torch.flip(out, dims=(-1,)) if op % 2 else out
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * (high - low) + low).to(device)
+
+
+def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (B, C, H, W) in 0..1 with C equal channels, mask (B, 1, H, W) in {0, 1}) ->
+    both augmented alike; the image keeps its memory format. Draws come from `generator`
+    (a CPU generator), so the result does not depend on the device."""
+    n, channels, height, width = image.shape
+    if height != width:
+        raise ValueError("augmentation needs square slices (quarter turns keep the shape)")
+    memory_format = torch.channels_last if image.is_contiguous(memory_format=torch.channels_last) \
+        and not image.is_contiguous() else torch.contiguous_format
+    grey, mask = image[:, :1].float(), mask.float()
+    ops = torch.randint(0, 8, (n,), generator=generator).tolist()
+    grey = torch.stack([dihedral(g, op) for g, op in zip(grey, ops)])
+    mask = torch.stack([dihedral(m, op) for m, op in zip(mask, ops)])
+
+    scale = _uniform(n, *SCALE, generator, image.device)
+    angle = _uniform(n, -MAX_DEGREES, MAX_DEGREES, generator, image.device) * (math.pi / 180.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(grey.shape), align_corners=False)
+    grey = F.grid_sample(grey, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mask = (F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False) > 0.5).float()
+
+    contrast = _uniform(n, *CONTRAST, generator, image.device).view(n, 1, 1, 1)
+    brightness = _uniform(n, -BRIGHTNESS, BRIGHTNESS, generator, image.device).view(n, 1, 1, 1)
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    grey = ((grey - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    out = grey.to(image.dtype).expand(-1, channels, -1, -1).contiguous(memory_format=memory_format)
+    return out, mask

@@ -1,0 +1,123 @@
+"""Augmentation of the release students: the 8 orientations, image and mask moved alike,
+determinism per seed, and the configurations that may (not) augment."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from kdlib import augment, losses, train
+from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
+from kdlib.errors import ConfigError
+
+
+def _numpy_dihedral(a: np.ndarray, op: int) -> np.ndarray:
+    out = np.rot90(a, op // 2, axes=(-2, -1))
+    return np.flip(out, axis=-1) if op % 2 else out
+
+
+@pytest.mark.parametrize("op", range(8))
+def test_dihedral_matches_numpy(op):
+    a = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+    got = augment.dihedral(torch.from_numpy(a), op).numpy()
+    np.testing.assert_array_equal(got, _numpy_dihedral(a, op))
+
+
+def test_the_8_orientations_are_distinct_and_op_0_is_the_identity():
+    a = torch.arange(16.0).reshape(4, 4)
+    views = {tuple(augment.dihedral(a, op).flatten().tolist()) for op in range(8)}
+    assert len(views) == 8
+    assert torch.equal(augment.dihedral(a, 0), a)
+    with pytest.raises(ValueError):
+        augment.dihedral(a, 8)
+
+
+def _batch(n=6, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((n, 1, size, size), np.float32)
+    for k in range(n):  # an off-centre, asymmetric blob: every orientation moves it
+        r, c = rng.integers(4, 12, size=2)
+        mask[k, 0, r:r + 10, c:c + 6] = 1.0
+        mask[k, 0, r:r + 3, c:c + 14] = 1.0
+    image = torch.from_numpy(mask).expand(-1, 3, -1, -1).contiguous()
+    return image, torch.from_numpy(mask)
+
+
+def test_image_and_mask_move_alike(monkeypatch):
+    # with intensity changes off, the image is the mask resampled like the mask
+    monkeypatch.setattr(augment, "CONTRAST", (1.0, 1.0))
+    monkeypatch.setattr(augment, "BRIGHTNESS", 0.0)
+    image, mask = _batch()
+    out, out_mask = augment.augment_batch(image, mask, torch.Generator().manual_seed(1))
+    assert out.shape == image.shape and out_mask.shape == mask.shape
+    assert torch.equal(out[:, 0] > 0.5, out_mask[:, 0] > 0.5)
+    assert torch.equal(out[:, 0], out[:, 2])  # the channels stay equal
+    assert not torch.equal(out_mask, mask)  # something moved
+
+
+def test_range_determinism_and_memory_format():
+    image, mask = _batch()
+    image = image.contiguous(memory_format=torch.channels_last)
+    a = augment.augment_batch(image, mask, torch.Generator().manual_seed(5))
+    b = augment.augment_batch(image, mask, torch.Generator().manual_seed(5))
+    c = augment.augment_batch(image, mask, torch.Generator().manual_seed(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert float(a[0].min()) >= 0.0 and float(a[0].max()) <= 1.0
+    assert set(torch.unique(a[1]).tolist()) <= {0.0, 1.0}
+    assert a[0].is_contiguous(memory_format=torch.channels_last)
+    # the spleen's area survives (zoom 0.85-1.15: area x0.72-1.38; none pushed out here)
+    ratio = a[1].sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3))
+    assert bool(((ratio > 0.6) & (ratio < 1.5)).all())
+
+
+def test_orientations_are_drawn_uniformly():
+    ops = torch.randint(0, 8, (8000,), generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(ops, minlength=8).numpy()
+    # chi-square with 7 df: 24.3 is its 0.999 quantile
+    chi2 = ((counts - 1000) ** 2 / 1000).sum()
+    assert chi2 < 24.3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_aug")
+    data = write_phantom_msd(root / "phantom", cases=4, seed=3, size=32, slices=12)
+    preprocess(data, root / "cache", size=32)
+    save_split(make_split(SliceCache.load(root / "cache"), mode="patient", seed=0),
+               root / "split.json")
+    return root
+
+
+def _cfg(tiny, **kw):
+    cfg = train.control_config("S1", tiny / "cache", tiny / "split.json", epochs=2, batch_size=8)
+    return replace(cfg, **kw)
+
+
+def test_augmented_run_is_deterministic_and_differs_from_the_plain_run(tiny, tmp_path):
+    a = train.train(_cfg(tiny, augment=True), tmp_path / "a", progress=False)
+    b = train.train(_cfg(tiny, augment=True), tmp_path / "b", progress=False)
+    plain = train.train(_cfg(tiny), tmp_path / "a", progress=False)
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in (a, b, plain)]
+    assert metrics[0]["pooled"] == metrics[1]["pooled"] and metrics[0]["loss"] == metrics[1]["loss"]
+    assert a != plain and metrics[0]["loss"] != metrics[2]["loss"]
+    assert json.loads((a / "config.json").read_text())["augment"] is True
+
+
+def test_a_run_without_augmentation_keeps_its_identity(tiny):
+    # `augment` came later: runs that do not augment keep the folder names they had
+    assert "augment" not in _cfg(tiny).identity()
+    assert _cfg(tiny, augment=True).identity()["augment"] is True
+
+
+def test_who_may_augment(tiny):
+    with pytest.raises(ConfigError, match="corrected setting"):
+        _cfg(tiny, augment=True, setting="faithful")
+    kd = losses.KDConfig(scales=("B",), pmd="binary")
+    with pytest.raises(ConfigError, match="cannot augment"):
+        train.RunConfig(name="kd", model="S1", role="kd", cache=str(tiny / "cache"),
+                        split=str(tiny / "split.json"), teacher_run="t", kd=kd.to_dict(),
+                        augment=True)
+    with pytest.raises(ConfigError, match="augment"):
+        _cfg(tiny, augment="yes")
