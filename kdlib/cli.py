@@ -159,6 +159,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_release(args: argparse.Namespace) -> int:
+    from .release import ReleaseConfig, build_release
+
+    cfg = ReleaseConfig(models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+                        epochs=args.epochs, latency=not args.no_latency,
+                        **{k: v for k, v in (("data", args.data), ("out", args.out),
+                                             ("publish", args.publish)) if v})
+    summary = build_release(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({m: {"cv_dice_augmented": s["augmented"]["cv_dice_mean"],
+                          "cv_dice_as_given": s["as_given"]["cv_dice_mean"],
+                          "orientation_spread": s["augmented"]["orientation_spread"]}
+                      for m, s in summary["models"].items()}))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
@@ -297,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch and onnxruntime must segment alike (None: the run's own test "
                         "slices where its cache is here, else generated phantom slices)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("release", help="train, measure and publish the release students (all six "
+                                       "real patients, augmented; model cards, ONNX)")
+    p.add_argument("--data", default=None,
+                   help="the real-mini data (default: shared:ircadb,shared:thesis_slices)")
+    p.add_argument("--out", default=None, help="work folder: cache, splits, runs (default: "
+                                               "results/release); rerun to resume")
+    p.add_argument("--publish", default=None,
+                   help="where the release goes (default: figures/release); never overwritten")
+    p.add_argument("--models", default="S1,S2", help="students to release")
+    p.add_argument("--epochs", type=int, default=300, help="epoch cap of every run")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.set_defaults(func=_cmd_release)
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     p.add_argument("--pred", required=True, type=Path,
