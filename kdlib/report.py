@@ -3,8 +3,10 @@
 `python -m kdlib report --profile real-mini` reads the small records a published profile
 commits (`figures/<profile>/runs/<run>/{config.json, history.csv, metrics.json}` and
 `DATA.json`; no checkpoint, no slice cache) and rewrites `tables/*.{csv,md}` and
-`SUMMARY.md` beside them, plus `figures/validation_dice_<setting>.png` (every fold's
-validation curves, from the `history.csv` records). The output depends on the records only
+`SUMMARY.md` beside them, plus the figures that need records only: `figures/validation_dice_
+<setting>.png` (every fold's validation curves, from the `history.csv` records),
+`per_patient_dice_<setting>.png` and one `forest_dice_<setting>_<pair>.png` per
+teacher-student pair. The output depends on the records only
 (no date, no wall time: a figure's footer names the newest record's date), so rerunning it
 changes no byte. Notebook 05 calls `regenerate` too, so the notebook and
 the command never diverge.
@@ -54,7 +56,7 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
                facts: dict[str, Any] | None = None, summary_setting: str = SUMMARY_SETTING,
                readme: bool = False) -> dict[str, Path]:
     """Write the thesis tables, and per setting the ANOVA, configuration summary, paired
-    comparisons, claims (both framings), power table and validation-curve figure, plus
+    comparisons, claims (both framings), power table and the record-only figures, plus
     SUMMARY.md (for `summary_setting`) under `publish`."""
     runs = sorted(runs, key=lambda r: Path(r["run_dir"]).name)
     folder = Path(publish) / "tables"
@@ -79,9 +81,7 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
         points = claims.curve_points(mine)
         written[f"selection_{setting}"] = tables.write_table(claims.selection_table(points), folder,
                                                              f"selection_{setting}", synthetic)[1]
-        if len(points):
-            written[f"validation_dice_{setting}"] = _save_curves(points, Path(publish), setting, profile, data,
-                                                                   mine, synthetic)
+        written.update(record_figures(mine, Path(publish), setting, profile, data, synthetic))
     if summary_setting in claims_of:
         written["SUMMARY"] = write_summary(Path(publish), cached, claims_of[summary_setting],
                                            record_provenance(profile, data, runs), summary_setting, synthetic,
@@ -89,20 +89,47 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
     return written
 
 
-def _save_curves(points, publish: Path, setting: str, profile: str, data: str, runs, synthetic: bool) -> Path:
-    """The validation-curve figure, footed with the records' own commits and newest date."""
-    import matplotlib.pyplot as plt
-
+def _records_footer(profile: str, data: str, runs, synthetic: bool) -> dict[str, Any]:
+    """A figure footer from the records themselves: the commits they were trained at and the
+    newest record's date (no wall clock, so a rerun writes the same bytes)."""
     prov = record_provenance(profile, data, runs)
     dates = [str((r["config"].get("provenance") or {}).get("date", "")) for r in runs]
-    footer = {"profile": profile, "data": data, "commit": prov["trained at commit(s)"],
-              "date": max(dates) or "unknown", "synthetic": synthetic}
-    fig = figures.validation_curves(points, synthetic=synthetic,
-                                    title=f"Validation Dice per epoch, every fold and seed ({setting})")
+    return {"profile": profile, "data": data, "commit": prov["trained at commit(s)"],
+            "date": max(dates) or "unknown", "synthetic": synthetic}
+
+
+def _save(fig, path: Path, footer: dict[str, Any]) -> Path:
+    import matplotlib.pyplot as plt
+
     try:
-        return figures.save_figure(fig, publish / "figures" / f"validation_dice_{setting}.png", footer)
+        return figures.save_figure(fig, path, footer)
     finally:
         plt.close(fig)
+
+
+def record_figures(runs, publish: Path, setting: str, profile: str, data: str, synthetic: bool
+                   ) -> dict[str, Path]:
+    """The figures that need the records only (no checkpoint): validation curves, Dice per
+    test patient, and one forest plot per teacher-student pair."""
+    footer = _records_footer(profile, data, runs, synthetic)
+    folder = Path(publish) / "figures"
+    written: dict[str, Path] = {}
+    points = claims.curve_points(runs)
+    if len(points):
+        written[f"validation_dice_{setting}"] = _save(figures.validation_curves(
+            points, synthetic=synthetic,
+            title=f"Validation Dice per epoch, every fold and seed ({setting})"),
+            folder / f"validation_dice_{setting}.png", footer)
+    patients = claims.per_patient_points(runs)
+    if len(patients):
+        written[f"per_patient_dice_{setting}"] = _save(figures.per_patient_plot(patients, synthetic=synthetic),
+                                                       folder / f"per_patient_dice_{setting}.png", footer)
+    paired = claims.paired_comparisons(runs)
+    if len(paired):  # one forest plot per teacher-student pair, readable at page height
+        for pair, fig in figures.forest_plots(paired, synthetic=synthetic).items():
+            name = f"forest_dice_{setting}_{pair.replace('->', '_')}" if pair else f"forest_dice_{setting}"
+            written[name] = _save(fig, folder / f"{name}.png", footer)
+    return written
 
 
 def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str | Path | None

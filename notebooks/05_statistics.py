@@ -55,7 +55,8 @@
 # `verdict_last_epoch` repeats each test on every run's last epoch. The power table gives, per
 # claim row, the seeds (and patients) that 80% power at the thesis's own effect would need.
 #
-# The tables, `SUMMARY.md` and the validation-curve figure are written by `kdlib.report.regenerate`
+# The tables, `SUMMARY.md` and the record-only figures (validation curves, Dice per patient, forest
+# plots) are written by `kdlib.report.regenerate`
 # from the run records alone, the same function as `python -m kdlib report --profile NAME`: the
 # notebook and the command agree byte for byte. A published profile (`publish_dir` set) also
 # publishes the small run records (config.json, history.csv, metrics.json; never checkpoints)
@@ -79,7 +80,7 @@ import time
 
 from IPython.display import Image, Markdown, display
 
-from kdlib import claims, experiments, figures, pipeline, report, train, viewer
+from kdlib import experiments, pipeline, report, train, viewer
 from kdlib.data import SliceCache, load_split
 
 started = time.time()
@@ -95,7 +96,7 @@ runs = [r for r in all_runs if r["config"]["setting"] == setting]
 print(f"{len(runs)} finished runs in the {setting} setting ({len(all_runs)} in all), records in {records}")
 written = report.regenerate(all_runs, publish, profile, data, pipeline.data_facts(out), summary_setting=setting,
                             readme=update_readme)
-prov = pipeline.provenance(profile, data, started)
+print(pipeline.provenance(profile, data, started))
 
 # %% [markdown]
 # ## The thesis's one-way ANOVA
@@ -117,10 +118,8 @@ display(Markdown(written[f"configurations_{setting}"].read_text()))
 # The spread behind each mean: a patient that is hard for every model, or a seed that failed.
 
 # %%
-points = claims.per_patient_points(runs)
-if len(points):
-    fig = figures.per_patient_plot(points, synthetic=synthetic)
-    figures.save_figure(fig, publish / "figures" / f"per_patient_dice_{setting}.png", prov)
+if f"per_patient_dice_{setting}" in written:  # drawn by report.regenerate, from the records
+    display(Image(filename=str(written[f"per_patient_dice_{setting}"])))
 
 # %% [markdown]
 # ## Validation Dice per epoch: every fold and seed of the teachers and the Table 4.2 students
@@ -140,11 +139,8 @@ display(Markdown(written[f"selection_{setting}"].read_text()))
 
 # %%
 display(Markdown(written[f"paired_{setting}"].read_text()))
-paired = claims.paired_comparisons(runs)
-if len(paired):  # one forest plot per teacher-student pair, readable at page height
-    for pair, fig in figures.forest_plots(paired).items():
-        name = f"forest_dice_{setting}_{pair.replace('->', '_')}" if pair else f"forest_dice_{setting}"
-        figures.save_figure(fig, publish / "figures" / f"{name}.png", prov)
+for name in sorted(k for k in written if k.startswith(f"forest_dice_{setting}")):  # one per pair
+    display(Image(filename=str(written[name])))
 
 # %% [markdown]
 # ## Claims of the thesis, one verdict per comparison and framing
