@@ -38,6 +38,27 @@ def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
     return torch.flip(out, dims=(-1,)) if op % 2 else out
 
 
+def undo_dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
+    """The inverse of `dihedral(x, op)`."""
+    if not 0 <= op < 8:
+        raise ValueError(f"op must be 0..7, got {op}")
+    out = torch.flip(x, dims=(-1,)) if op % 2 else x
+    return torch.rot90(out, -(op // 2), dims=(-2, -1))
+
+
+def dihedral_mean(predict, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation over the 8 orientations: the mean of `predict` (a map from
+    (N, C, H, W) to (N, K, H, W)) on each orientation of square `x`, each turned back. The 8
+    views of a turned image are the same 8 views in another order, so the result is
+    orientation-equivariant up to the rounding of the sum's order: the orientation a 2D slice
+    comes in stops mattering, at 8 forward passes."""
+    total = None
+    for op in range(8):
+        out = undo_dihedral(predict(dihedral(x, op).contiguous()), op)
+        total = out if total is None else total + out
+    return total / 8.0
+
+
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
     return (torch.rand(n, generator=generator) * (high - low) + low).to(device)
 

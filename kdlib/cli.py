@@ -147,7 +147,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
-    summary = predict(args.model, args.input, args.out, fmt=args.format, orient=args.orient)
+    summary = predict(args.model, args.input, args.out, fmt=args.format, orient=args.orient,
+                      tta=args.tta)
     print(json.dumps(summary))  # one JSON line: the summary, its `rows` those of spleen.csv
     return 0
 
@@ -294,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orient", default="none", choices=["none", "rot90", "rot180", "rot270",
                                                         "flipud", "fliplr"],
                    help=ORIENT_HELP + "; masks are turned back to the input's orientation")
+    p.add_argument("--tta", action="store_true",
+                   help="average the model over the 8 orientations (90-degree turns x flips) of "
+                        "every slice: the mask no longer depends on the orientation a 2D slice "
+                        "comes in, at 8 forward passes (the release students are trained for it)")
     p.add_argument("--out", required=True, type=Path,
                    help="folder for the masks <case>_spleen.nii.gz / <slice>_spleen.png and "
                         "spleen.csv (one row per input: slices, slices with spleen, spleen "

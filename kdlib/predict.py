@@ -150,8 +150,8 @@ class _Segmenter:
     """Slabs of one input -> a uint8 0/1 mask of the input's own (H, W, S) shape."""
 
     def __init__(self, run_dir: Path, network, size: int, faithful: bool, window, orient: str,
-                 device):
-        self.run_dir, self.network, self.size = run_dir, network, size
+                 device, tta: bool = False):
+        self.run_dir, self.network, self.size, self.tta = run_dir, network, size, tta
         self.faithful, self.window, self.orient, self.device = faithful, window, orient, device
         self.seconds = 0.0
         self.flattened: list[str] = []  # colour or transparent slices flattened to grey
@@ -167,8 +167,8 @@ class _Segmenter:
             batch = np.stack([_resize(img8[:, :, k], self.size, "bilinear")
                               for k in range(stop - start)])
             started = time.perf_counter()
-            masks = infer(self.run_dir, batch, device=self.device,
-                          model=self.network)["mask"].astype(np.uint8)
+            masks = infer(self.run_dir, batch, device=self.device, model=self.network,
+                          tta=self.tta)["mask"].astype(np.uint8)
             self.seconds += time.perf_counter() - started
             turned = np.stack([_resize_back(m, img8.shape[:2]) for m in masks], axis=2)
             mask[:, :, start:stop] = orient_slices(turned, self.orient, inverse=True)
@@ -274,8 +274,10 @@ def model_preprocessing(manifest: Any, path: Path) -> tuple[int, bool, list[floa
 
 
 def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "auto",
-            device: str | None = None, orient: str = "none") -> dict[str, Any]:
-    """Segment every input with the trained run `model`; returns a summary with slices/s."""
+            device: str | None = None, orient: str = "none", tta: bool = False) -> dict[str, Any]:
+    """Segment every input with the trained run `model`; returns a summary with slices/s.
+    `tta`: average the model over the 8 orientations of every slice (8 forward passes), so
+    the orientation a slice comes in does not change its mask."""
     from .train import RunConfig, is_finished, pick_device
 
     run_dir, out = Path(model), Path(out)
@@ -297,7 +299,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     _check_outputs(items, out)
     dev = pick_device(device)
     segment = _Segmenter(run_dir, _load_network(run_dir, dev), size, faithful, window, orient,
-                         device)
+                         device, tta)
     n_slices, found, rows = 0, 0, []
     try:
         staging, inside = _staging(out)
@@ -332,7 +334,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
                       stacklevel=2)
     for message in spleen_warnings(rows, training_share(cfg, manifest)):
         warnings.warn(message, KdlibWarning, stacklevel=2)
-    return {"inputs": len(items), "slices": n_slices, "out": str(out), "orient": orient,
+    return {"inputs": len(items), "slices": n_slices, "out": str(out), "orient": orient, "tta": tta,
             "inputs_with_spleen": found,
             "slices_per_second": round(n_slices / segment.seconds, 1) if segment.seconds else None,
             "model": cfg.model, "run": run_dir.name, "csv": str(out / CSV_NAME), "rows": rows}

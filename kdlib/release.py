@@ -179,9 +179,10 @@ def _pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * tp / total if total else 1.0
 
 
-def orientation_dice(run_dir: Path) -> list[float]:
+def orientation_dice(run_dir: Path, tta: bool = False) -> list[float]:
     """Pooled test Dice of a run's kept checkpoint on its test slices turned into each of the
-    8 orientations (masks turned alike), in fp32 as `predict` runs it."""
+    8 orientations (masks turned alike), in fp32 as `predict` runs it (`tta`: as
+    `predict --tta` runs it)."""
     import torch
 
     from .augment import dihedral
@@ -197,7 +198,7 @@ def orientation_dice(run_dir: Path) -> list[float]:
     scores = []
     for op in range(8):
         turned = dihedral(images, op).contiguous().numpy()
-        pred = infer(run_dir, turned, device="cpu", model=model)["mask"]
+        pred = infer(run_dir, turned, device="cpu", model=model, tta=tta)["mask"]
         scores.append(_pooled_dice(pred, dihedral(truth, op).numpy()))
     return scores
 
@@ -288,6 +289,7 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
         item["record"] = _record(item["run_dir"])
         if item["kind"] == "cv":
             item["orientations"] = orientation_dice(item["run_dir"])
+            item["orientations_tta"] = orientation_dice(item["run_dir"], tta=True)
 
     summary: dict[str, Any] = {"models": {}, "config": dataclasses.asdict(cfg)}
     staging = publish.with_name(f".{publish.name}.staging")
@@ -307,7 +309,10 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
                         onnx_files[m]) for m in cfg.models}
             nets["T1"] = (build("T1"), None)  # latency does not depend on the weights
             summary["latency"] = measure_latency(nets)
-        summary.update(provenance={**code_state(), "cpu": _cpu_name(), "torch": torch.__version__,
+        trained_at = sorted({str((read_json(r["run_dir"] / "config.json").get("provenance") or {})
+                                 .get("commit", "unknown"))[:7] for r in runs})
+        summary.update(provenance={**code_state(), "runs_trained_at": trained_at,
+                                   "cpu": _cpu_name(), "torch": torch.__version__,
                                    "python": platform.python_version(),
                                    "threads": torch.get_num_threads(),
                                    "minutes": round((time.time() - started) / 60, 1),
@@ -340,12 +345,18 @@ def _model_summary(model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         per_fold = [r["record"]["test_dice"] for r in cv]
         orient = np.asarray([r["orientations"] for r in cv])  # folds x 8
         by_orientation = orient.mean(axis=0)
+        tta = np.asarray([r["orientations_tta"] for r in cv])
+        by_orientation_tta = tta.mean(axis=0)
         result["augmented" if augment else "as_given"] = {
-            "folds": [{"fold": r["fold"], **r["record"], "orientations": r["orientations"]} for r in cv],
+            "folds": [{"fold": r["fold"], **r["record"], "orientations": r["orientations"],
+                       "orientations_tta": r["orientations_tta"]} for r in cv],
             "cv_dice_mean": float(np.mean(per_fold)),
             "orientation_dice": [float(v) for v in by_orientation],
             "orientation_spread": float(by_orientation.max() - by_orientation.min()),
             "orientation_spread_per_fold": [float(row.max() - row.min()) for row in orient],
+            "orientation_dice_tta": [float(v) for v in by_orientation_tta],
+            "orientation_spread_tta": float(by_orientation_tta.max() - by_orientation_tta.min()),
+            "orientation_spread_tta_per_fold": [float(row.max() - row.min()) for row in tta],
         }
     aug, plain = result["augmented"], result["as_given"]
     diffs = [a["test_dice"] - p["test_dice"] for a, p in zip(aug["folds"], plain["folds"])]
@@ -421,17 +432,22 @@ def model_card(model: str, summary: dict[str, Any]) -> str:
         f"{_fmt(p['test_dice'])} | {a['test_dice'] - p['test_dice']:+.3f} | {a['best_epoch']}/{a['epochs_run']} "
         f"({a['stopped']}) | {p['best_epoch']}/{p['epochs_run']} ({p['stopped']}) |"
         for a, p in zip(aug["folds"], plain["folds"]))
-    orient_rows = "\n".join(f"| {name} | {_fmt(a)} | {_fmt(p)} |" for name, a, p in
-                            zip(ORIENTATIONS, aug["orientation_dice"], plain["orientation_dice"]))
+    orient_rows = "\n".join(f"| {name} | {_fmt(a)} | {_fmt(t)} | {_fmt(p)} |" for name, a, t, p in
+                            zip(ORIENTATIONS, aug["orientation_dice"], aug["orientation_dice_tta"],
+                                plain["orientation_dice"]))
+    spread_tta_ok = aug["orientation_spread_tta"] <= MAX_ORIENTATION_SPREAD
     return f"""# kdlib release student {model} ({PAPER_PARAMS[model]:,} parameters)
 
-Made by `python -m kdlib release` at commit `{prov.get('commit', '?')}`{' (tree with uncommitted changes: ' + ', '.join(prov.get('changed', [])) + ')' if not prov.get('clean', True) else ''}, {prov['date']}, on {prov['cpu']} ({prov['minutes']} min for the whole release). Every number below is read from `../release.json`; nothing here is typed by hand.
+Made by `python -m kdlib release` at commit `{prov.get('commit', '?')}` (its runs trained at {', '.join(prov.get('runs_trained_at', ['?']))}){' (tree with uncommitted changes: ' + ', '.join(prov.get('changed', [])) + ')' if not prov.get('clean', True) else ''}, {prov['date']}, on {prov['cpu']} ({prov['minutes']} min for the whole release). Every number below is read from `../release.json`; nothing here is typed by hand.
 
 ## Use
 
 ```bash
-python -m kdlib predict --model figures/release/{model} --input CT_OR_SLICES --out OUT
+python -m kdlib predict --model figures/release/{model} --input CT_OR_SLICES --out OUT --tta
 ```
+
+`--tta` averages the model over the 8 orientations of every slice (8 forward passes): the orientation a 2D slice comes in
+then does not change its mask (below). Without it, one pass.
 
 or, without torch or kdlib, `model.onnx` with onnxruntime (input `image`: float32 (N, 1, H, W), grey / 255 after the
 preprocessing in `model.onnx.json`; mask = `logits > 0`). Its masks equal torch's on the check slices
@@ -473,13 +489,14 @@ configuration was measured on fold 0 (benchmarks/RESULTS.md section 9), so fold-
 Pooled Dice of each fold's model on its test slices turned into each orientation (masks turned alike), mean of the 3
 folds, fp32 as `predict` runs it:
 
-| orientation | with augmentation | as given |
-|---|---|---|
+| orientation | this recipe (one pass) | this recipe, `--tta` | the recipe without augmentation (one pass) |
+|---|---|---|---|
 {orient_rows}
 
-Spread (max - min over the 8): **{_fmt(aug['orientation_spread'])}** with augmentation ({'within' if spread_ok else 'NOT within'} the
-{MAX_ORIENTATION_SPREAD:g} bound; per fold {', '.join(_fmt(v) for v in aug['orientation_spread_per_fold'])}), {_fmt(plain['orientation_spread'])} as given.
-Figure: `../orientations.png`.
+Spread (max - min over the 8): **{_fmt(aug['orientation_spread'])}** in one pass ({'within' if spread_ok else 'NOT within'} the
+{MAX_ORIENTATION_SPREAD:g} bound; per fold {', '.join(_fmt(v) for v in aug['orientation_spread_per_fold'])}); **{_fmt(aug['orientation_spread_tta'])}** with `--tta`
+({'within' if spread_tta_ok else 'NOT within'} the bound; per fold {', '.join(_fmt(v) for v in aug['orientation_spread_tta_per_fold'])}); {_fmt(plain['orientation_spread'])} without augmentation.
+With `--tta` the expected Dice as given is {_fmt(aug['orientation_dice_tta'][0])}. Figure: `../orientations.png`.
 
 ## Latency (CPU, fp32, ms per slice: median of up to 3 calls after a warm-up; `release.json` gives the count)
 
@@ -505,8 +522,9 @@ every input to it, so its own cost per slice is far below these).
 def index_text(summary: dict[str, Any]) -> str:
     prov = summary["provenance"]
     rows = "\n".join(
-        f"| [{m}]({m}/README.md) | {_fmt(s['augmented']['cv_dice_mean'])} | {_fmt(s['as_given']['cv_dice_mean'])} | "
-        f"{_fmt(s['augmented']['orientation_spread'])} | {_fmt(s['as_given']['orientation_spread'])} |"
+        f"| [{m}]({m}/README.md) | {_fmt(s['augmented']['cv_dice_mean'])} | {_fmt(s['augmented']['orientation_dice_tta'][0])} | "
+        f"{_fmt(s['as_given']['cv_dice_mean'])} | {_fmt(s['augmented']['orientation_spread'])} | "
+        f"{_fmt(s['augmented']['orientation_spread_tta'])} | {_fmt(s['as_given']['orientation_spread'])} |"
         for m, s in summary["models"].items())
     return f"""# Release students
 
@@ -514,8 +532,8 @@ Students trained for users on all six real patients, with augmentation (`python 
 `{prov.get('commit', '?')}`, {prov['date']}, {prov['cpu']}). Each folder is predict-ready (`checkpoints/best.pt`, weights
 only; `preprocessing.json`), with `model.onnx` and its model card. Numbers: `release.json`.
 
-| model | expected Dice (CV, augmented) | CV, as given | orientation spread (augmented) | as given |
-|---|---|---|---|---|
+| model | expected Dice (CV) | with `--tta` | recipe without augmentation | orientation spread | with `--tta` | without augmentation |
+|---|---|---|---|---|---|---|
 {rows}
 
 No distilled student is released: a distilled run cannot augment (its teacher's outputs are computed once, on the
@@ -537,9 +555,10 @@ def _orientation_figure(summary: dict[str, Any], path: Path) -> None:
     x = np.arange(8)
     for ax, model in zip(axes[0], models):
         s = summary["models"][model]
-        for key, label, marker in (("augmented", "with augmentation", "o"),
-                                   ("as_given", "as given", "s")):
-            folds = np.asarray([f["orientations"] for f in s[key]["folds"]])
+        for key, field, label, marker in (("augmented", "orientations", "with augmentation", "o"),
+                                          ("augmented", "orientations_tta", "with augmentation, --tta", "^"),
+                                          ("as_given", "orientations", "without augmentation", "s")):
+            folds = np.asarray([f[field] for f in s[key]["folds"]])
             ax.plot(x, folds.mean(0), marker=marker, label=f"{label} (mean of 3 folds)")
             for row in folds:
                 ax.plot(x, row, marker=marker, alpha=0.25, lw=0.8, color=ax.lines[-1].get_color())

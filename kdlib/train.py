@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from . import losses, metrics, models
-from .augment import augment_batch
+from .augment import augment_batch, dihedral_mean
 from .data import SliceCache, load_split, split_fingerprint
 from .data.splits import check_split
 from .errors import ConfigError, KdlibError, KdlibWarning
@@ -1136,10 +1136,12 @@ def load_history(run_dir: str | Path):
 
 @torch.no_grad()
 def infer(run_dir: str | Path, images_uint8: np.ndarray, device: str | None = None,
-          batch_size: int = 32, model: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
+          batch_size: int = 32, model: torch.nn.Module | None = None,
+          tta: bool = False) -> dict[str, np.ndarray]:
     """Run a trained network on uint8 slices (N, S, S): binary `mask` (the run's own
     threshold rule), `prob`, and `recon` (N, S, S, grey) for multi-task teachers.
-    Pass `model` (from `load_model`) to skip reloading it for every call."""
+    Pass `model` (from `load_model`) to skip reloading it for every call. `tta`: the logits
+    are the mean over the 8 orientations (`augment.dihedral_mean`; square slices; no recon)."""
     dev = pick_device(device)
     cfg = RunConfig.from_dict(read_json(Path(run_dir) / "config.json"), Path(run_dir) / "config.json")
     model = model if model is not None else load_model(run_dir, dev)
@@ -1147,7 +1149,10 @@ def infer(run_dir: str | Path, images_uint8: np.ndarray, device: str | None = No
     images = torch.from_numpy(np.ascontiguousarray(images_uint8))
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(dev).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
-        out = model(x.contiguous())
+        if tta:
+            out = {"logits": dihedral_mean(lambda v: model(v)["logits"].float(), x)}
+        else:
+            out = model(x.contiguous())
         logits = out["logits"].float()
         outputs["mask"].append(np.asarray(metrics.binarize(logits, cfg.threshold).cpu())[:, 0])
         outputs["prob"].append(torch.sigmoid(logits).cpu().numpy()[:, 0])

@@ -121,3 +121,23 @@ def test_who_may_augment(tiny):
                         augment=True)
     with pytest.raises(ConfigError, match="augment"):
         _cfg(tiny, augment="yes")
+
+
+@pytest.mark.parametrize("op", range(8))
+def test_undo_dihedral_inverts(op):
+    a = torch.arange(2 * 6 * 6.0).reshape(2, 6, 6)
+    assert torch.equal(augment.undo_dihedral(augment.dihedral(a, op), op), a)
+
+
+def test_tta_makes_a_network_orientation_equivariant():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 1, 5, padding=2)).double()
+    x = torch.rand(3, 1, 16, 16, dtype=torch.float64)
+    base = augment.dihedral_mean(net, x)
+    plain = net(x)
+    for op in range(8):
+        turned = augment.dihedral_mean(net, augment.dihedral(x, op))
+        torch.testing.assert_close(turned, augment.dihedral(base, op), rtol=1e-12, atol=1e-12)
+        if op:  # the network alone is not: TTA is what makes it so
+            assert not torch.allclose(net(augment.dihedral(x, op)), augment.dihedral(plain, op))

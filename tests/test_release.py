@@ -68,6 +68,8 @@ def test_orientations_and_the_card_read_release_json(made):
         assert block["cv_dice_mean"] == pytest.approx(np.mean([f["test_dice"] for f in block["folds"]]))
         spread = max(block["orientation_dice"]) - min(block["orientation_dice"])
         assert block["orientation_spread"] == pytest.approx(spread)
+        # with --tta the mask does not depend on the orientation (up to rounding)
+        assert block["orientation_spread_tta"] <= 1e-6
     card = (root / "pub" / "S1" / "README.md").read_text()
     assert f"**Expected Dice on a new patient like these: {s['augmented']['cv_dice_mean']:.3f}**" in card
     assert f"**{s['augmented']['orientation_spread']:.3f}**" in card
@@ -105,6 +107,16 @@ def test_the_release_student_predicts(made, tmp_path):
         Image.fromarray(s).save(tmp_path / "in" / f"slice_{k}.png")
     summary = predict(root / "pub" / "S1", tmp_path / "in", tmp_path / "out")
     assert summary["inputs"] == 4 and (tmp_path / "out" / "spleen.csv").is_file()
+    # --tta: a slice turned by 90 degrees gets its mask turned by 90 degrees
+    (tmp_path / "turned").mkdir()
+    for k, s in enumerate(slices):
+        Image.fromarray(np.rot90(s).copy()).save(tmp_path / "turned" / f"slice_{k}.png")
+    predict(root / "pub" / "S1", tmp_path / "in", tmp_path / "tta", tta=True)
+    predict(root / "pub" / "S1", tmp_path / "turned", tmp_path / "tta_turned", tta=True)
+    for k in range(4):
+        a = np.asarray(Image.open(tmp_path / "tta" / f"slice_{k}_spleen.png"))
+        b = np.asarray(Image.open(tmp_path / "tta_turned" / f"slice_{k}_spleen.png"))
+        assert np.array_equal(np.rot90(a), b)
 
 
 def test_latency_rows_for_both_engines(made, tmp_path):
