@@ -97,3 +97,14 @@ def test_export_cli(tmp_path):
     assert bad.returncode == 2 and ".onnx" in bad.stderr
     bad = _cli("--model", _published("S2"), "--onnx", tmp_path / "missing" / "x.onnx")
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize("model", ["S1", "S2"])
+def test_the_committed_release_onnx_files_equal_torch(model, thesis_cache):
+    folder = REPO / "figures" / "release" / model
+    images = np.asarray(SliceCache.load(thesis_cache).images)
+    got = export.onnx_logits(folder / "model.onnx", images)
+    expected = _torch_logits(folder, images)
+    assert np.abs(got - expected).max() <= 1e-3
+    assert np.array_equal(got > 0, expected > 0)
+    assert export.describe(folder / "model.onnx")["check"]["mask_pixels_differing"] == 0
