@@ -25,7 +25,7 @@ def bright_rule(monkeypatch):
     """The network replaced by `mask = slice > 127`; the batches it saw are kept."""
     seen = []
 
-    def infer(run_dir, images, device=None, model=None):
+    def infer(run_dir, images, device=None, model=None, tta=False):
         seen.append(np.array(images))
         return {"mask": (np.asarray(images) > 127).astype(np.uint8)}
 
@@ -136,7 +136,7 @@ def test_other_process_creates_the_folder_meanwhile(run, tmp_path, capsys, monke
     write_nifti(tmp_path / "in" / "a.nii.gz", _ct())
     out = tmp_path / "pred"
 
-    def infer(run_dir, images, device=None, model=None):
+    def infer(run_dir, images, device=None, model=None, tta=False):
         out.mkdir(exist_ok=True)
         (out / "theirs.nii.gz").write_text("another process's result")
         return {"mask": np.zeros(np.shape(images), np.uint8)}
@@ -244,7 +244,7 @@ def test_warns_per_input_when_no_spleen_is_found(run, tmp_path, capsys, monkeypa
     spleen are not named."""
     from PIL import Image
 
-    def infer(run_dir, images, device=None, model=None):  # spleen only in bright inputs
+    def infer(run_dir, images, device=None, model=None, tta=False):  # spleen only in bright inputs
         images = np.asarray(images)
         return {"mask": (images > 127).astype(np.uint8)}
 
@@ -275,7 +275,7 @@ def test_warns_when_spleen_is_in_more_slices_than_training_makes_likely(run, tmp
     from kdlib.train import RunConfig
     from kdlib.io import read_json
 
-    monkeypatch.setattr("kdlib.train.infer", lambda run_dir, images, device=None, model=None:
+    monkeypatch.setattr("kdlib.train.infer", lambda run_dir, images, device=None, model=None, tta=False:
                         {"mask": np.ones(np.shape(images), np.uint8)})
     cfg = RunConfig.from_dict(read_json(run / "config.json"))
     share = training_share(cfg, read_json(Path(cfg.cache) / "manifest.json"))
