@@ -199,10 +199,11 @@ def find_row(table_id: str, label: str) -> dict[str, Any]:
 
 def runs_for_row(row: dict[str, Any], runs: list[dict[str, Any]], setting: str | None = None,
                  split: str | None = None) -> list[dict[str, Any]]:
-    """Finished runs (from `train.load_runs`) behind a thesis row, optionally one setting/split."""
+    """Finished runs (from `train.load_runs`) behind a thesis row, optionally one setting/split.
+    A run described already (`_desc`, from `records.describe_runs`) is not described again."""
     chosen = []
     for run in runs:
-        desc = describe(run["config"])
+        desc = run.get("_desc") or describe(run["config"])
         if setting and desc["setting"] != setting:
             continue
         if split and run["config"]["split"] != split:

@@ -5,8 +5,9 @@ commits (`figures/<profile>/runs/<run>/{config.json, history.csv, metrics.json}`
 `DATA.json`; no checkpoint, no slice cache) and rewrites `tables/*.{csv,md}` and
 `SUMMARY.md` beside them, plus the figures that need records only: `figures/validation_dice_
 <setting>.png` (every fold's validation curves, from the `history.csv` records),
-`per_patient_dice_<setting>.png` and one `forest_dice_<setting>_<pair>.png` per
-teacher-student pair. The output depends on the records only
+`per_patient_dice_<setting>.png`, the training curves of fold 0 (`fig4_1` ... `fig4_8`, which
+notebooks 02-04 draw with the same `curve_figures`) and one `forest_dice_<setting>_<pair>.png`
+per teacher-student pair. The output depends on the records only
 (no date, no wall time: a figure's footer names the newest record's date), so rerunning it
 changes no byte. Notebook 05 calls `regenerate` too, so the notebook and
 the command never diverge.
@@ -107,10 +108,65 @@ def _save(fig, path: Path, footer: dict[str, Any]) -> Path:
         plt.close(fig)
 
 
+def fold0_split(runs) -> str | None:
+    """The split file of fold 0 among the records (the curve figures show fold 0)."""
+    splits = sorted({str(r["config"]["split"]) for r in runs})
+    named = [x for x in splits if Path(x).stem.endswith("fold0")]
+    return (named or splits or [None])[0]
+
+
+def curve_figures(runs, setting: str, split: str | None = None, synthetic: bool = False,
+                  only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The training-curve figures of fold 0 (first seed), from the runs' `history.csv`:
+    {file stem: figure} for Figure 4.1 (teachers), 4.2 (Table 4.2's students and the KD-off
+    controls) and 4.3-4.8 (one per teacher-student pair of the ablations). Notebooks 02-04
+    draw their own ones with it, and `report` all of them from the published records."""
+    from .train import load_history
+
+    split = split or fold0_split(runs)
+    # a record without its history.csv has no curve to draw (as in the validation curves)
+    mine = [r for r in runs if r["config"]["setting"] == setting and r["config"]["split"] == split
+            and (Path(r["run_dir"]) / "history.csv").is_file()]
+    out: dict[str, Any] = {}
+
+    def wanted(stem: str) -> bool:
+        return only is None or stem in only
+
+    teachers = {r["config"]["model"]: r for r in mine if r["config"]["role"] == "teacher"}
+    stem = f"fig4_1_teacher_curves_{setting}"
+    if teachers and wanted(stem):
+        out[stem] = figures.teacher_curves({m: load_history(r["run_dir"]) for m, r in sorted(teachers.items())},
+                                           synthetic=synthetic)
+    students = [r for r in mine if r["config"]["role"] == "control"] + \
+        [r for row in experiments.thesis_rows(["4.2"]) for r in experiments.runs_for_row(row, mine, setting, split)]
+    stem = f"fig4_2_student_curves_{setting}"
+    if students and wanted(stem):
+        first = min(r["config"]["seed"] for r in students)
+        chosen = {r["config"]["name"]: r for r in sorted(students, key=lambda r: Path(r["run_dir"]).name)
+                  if r["config"]["seed"] == first}
+        out[stem] = figures.training_curves({name: load_history(r["run_dir"]) for name, r in chosen.items()},
+                                            title=f"Students ({setting})", synthetic=synthetic)
+    for number, (title, table_ids) in experiments.CURVE_FIGURES.items():
+        stem = f"fig{number.replace('.', '_')}_curves_{setting}"
+        if not wanted(stem):
+            continue
+        histories = {}
+        for row in experiments.thesis_rows(table_ids):
+            found = experiments.runs_for_row(row, mine, setting, split)
+            if found:
+                first = min(found, key=lambda r: (r["config"]["seed"], Path(r["run_dir"]).name))
+                histories[row["row"]] = load_history(first["run_dir"])
+        if histories:
+            out[stem] = figures.training_curves(histories, title=f"Figure {number}: {title} ({setting})",
+                                                synthetic=synthetic)
+    return out
+
+
 def record_figures(runs, publish: Path, setting: str, profile: str, data: str, synthetic: bool
                    ) -> dict[str, Path]:
     """The figures that need the records only (no checkpoint): validation curves, Dice per
-    test patient, and one forest plot per teacher-student pair."""
+    test patient, the training curves of fold 0 (Figures 4.1-4.8) and one forest plot per
+    teacher-student pair."""
     footer = _records_footer(profile, data, runs, synthetic)
     folder = Path(publish) / "figures"
     written: dict[str, Path] = {}
@@ -124,6 +180,8 @@ def record_figures(runs, publish: Path, setting: str, profile: str, data: str, s
     if len(patients):
         written[f"per_patient_dice_{setting}"] = _save(figures.per_patient_plot(patients, synthetic=synthetic),
                                                        folder / f"per_patient_dice_{setting}.png", footer)
+    for stem, fig in curve_figures(runs, setting, synthetic=synthetic).items():
+        written[stem] = _save(fig, folder / f"{stem}.png", footer)
     paired = claims.paired_comparisons(runs)
     if len(paired):  # one forest plot per teacher-student pair, readable at page height
         for pair, fig in figures.forest_plots(paired, synthetic=synthetic).items():

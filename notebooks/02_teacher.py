@@ -61,7 +61,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from kdlib import experiments, figures, pipeline, tables, train
+from kdlib import experiments, figures, pipeline, report, tables, train
 from kdlib.data import SliceCache, load_split
 
 started = time.time()
@@ -106,9 +106,10 @@ display(pd.DataFrame(rows))
 
 # %%
 fold0 = registry[setting]["0"]
-histories = {model: train.load_history(fold0[model]) for model in teachers}
-fig = figures.teacher_curves(histories)
-figures.save_figure(fig, publish / "figures" / f"fig4_1_teacher_curves_{setting}.png", prov)
+stem = f"fig4_1_teacher_curves_{setting}"  # drawn as `kdlib report` draws it, from the run records
+for stem, fig in report.curve_figures(train.load_runs(out / "runs"), setting, prepared[setting]["splits"][0],
+                                      synthetic=synthetic, only=(stem,)).items():
+    figures.save_figure(fig, publish / "figures" / f"{stem}.png", prov)
 
 # %% [markdown]
 # ## Figures 4.9 and 4.10: reconstructions and segmentations on test slices (fold 0)

@@ -57,7 +57,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from kdlib import experiments, figures, pipeline, tables, train
+from kdlib import experiments, figures, pipeline, report, tables, train
 from kdlib.data import SliceCache, load_split
 
 started = time.time()
@@ -81,9 +81,9 @@ prov = pipeline.provenance(profile, data, started)
 # %%
 fold0_split = prepared[setting]["splits"][0]
 fold0 = {c.name: c.run_dir(out / "runs") for c in configs if c.split == fold0_split and c.seed == seeds[0]}
-fig = figures.training_curves({name: train.load_history(d) for name, d in fold0.items()},
-                              title=f"Students ({setting})")
-figures.save_figure(fig, publish / "figures" / f"fig4_2_student_curves_{setting}.png", prov)
+stem = f"fig4_2_student_curves_{setting}"  # drawn as `kdlib report` draws it, from the run records
+for stem, fig in report.curve_figures(runs, setting, fold0_split, synthetic=synthetic, only=(stem,)).items():
+    figures.save_figure(fig, publish / "figures" / f"{stem}.png", prov)
 
 # %% [markdown]
 # ## Figures 4.11-4.14: Input / GT / Teacher / Student / KD student (fold 0)

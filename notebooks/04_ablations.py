@@ -54,7 +54,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from kdlib import experiments, figures, pipeline, tables, train
+from kdlib import experiments, figures, pipeline, report, tables, train
 from kdlib.data import SliceCache, load_split
 
 started = time.time()
@@ -88,15 +88,9 @@ for table_id in experiments.ABLATION_TABLES:
 
 # %%
 fold0_split = prepared[setting]["splits"][0]
-for number, (title, table_ids) in experiments.CURVE_FIGURES.items():
-    histories = {}
-    for row in experiments.thesis_rows(table_ids):
-        found = experiments.runs_for_row(row, runs, setting, fold0_split)
-        if found:
-            histories[row["row"]] = train.load_history(found[0]["run_dir"])
-    if histories:
-        fig = figures.training_curves(histories, title=f"Figure {number}: {title} ({setting})")
-        figures.save_figure(fig, publish / "figures" / f"fig{number.replace('.', '_')}_curves_{setting}.png", prov)
+stems = tuple(f"fig{number.replace('.', '_')}_curves_{setting}" for number in experiments.CURVE_FIGURES)
+for stem, fig in report.curve_figures(runs, setting, fold0_split, synthetic=synthetic, only=stems).items():
+    figures.save_figure(fig, publish / "figures" / f"{stem}.png", prov)
 
 # %% [markdown]
 # ## Figures 4.15-4.19: qualitative comparisons (fold 0 test slices)

@@ -67,6 +67,10 @@ def test_report_is_deterministic_and_needs_only_records(published, tmp_path):
     written = report.report("smoke", runs_dir=records, publish_dir=tmp_path / "a")
     assert {"table4_2", "table4_11", "claims_corrected", "anova_corrected", "paired_corrected",
             "configurations_corrected", "SUMMARY"} <= set(written)
+    # the figures that need records only, the training curves of fold 0 among them
+    assert {"fig4_1_teacher_curves_corrected", "fig4_2_student_curves_corrected",
+            "per_patient_dice_corrected", "validation_dice_corrected"} <= set(written)
+    assert any(name.startswith("forest_dice_corrected") for name in written)
     first = _digest(tmp_path / "a")
     report.report("smoke", runs_dir=records, publish_dir=tmp_path / "a")
     assert _digest(tmp_path / "a") == first  # rerunning changes no byte
