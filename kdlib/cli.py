@@ -188,7 +188,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
-    written = report(args.profile, runs_dir=args.runs, publish_dir=args.out, readme=args.update_readme)
+    written = report(args.profile, runs_dir=args.runs, publish_dir=args.out, readme=args.update_readme,
+                     draw=not args.no_figures)
     print(json.dumps({name: str(path) for name, path in written.items()}, indent=2))
     return 0
 
@@ -367,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where tables/ and SUMMARY.md go (default: the profile's publish_dir)")
     p.add_argument("--update-readme", action="store_true",
                    help="also replace the README's results section with the regenerated summary")
+    p.add_argument("--no-figures", action="store_true",
+                   help="tables, claims and SUMMARY.md only (the figures take most of the time)")
     p.set_defaults(func=_cmd_report)
 
     for command in sub.choices.values():  # every option's default shown in --help

@@ -55,10 +55,11 @@ def record_provenance(profile: str, data: str, runs: list[dict[str, Any]]) -> di
 
 def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: str = "",
                facts: dict[str, Any] | None = None, summary_setting: str = SUMMARY_SETTING,
-               readme: bool = False) -> dict[str, Path]:
+               readme: bool = False, draw: bool = True) -> dict[str, Path]:
     """Write the thesis tables, and per setting the ANOVA, configuration summary, paired
     comparisons, claims (both framings), power table and the record-only figures, plus
-    SUMMARY.md (for `summary_setting`) under `publish`."""
+    SUMMARY.md (for `summary_setting`) under `publish`. `draw=False`: tables and summary only
+    (the figures take most of the time)."""
     runs = sorted(runs, key=lambda r: Path(r["run_dir"]).name)
     folder = Path(publish) / "tables"
     synthetic = tables.is_synthetic(runs)
@@ -82,7 +83,8 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
         points = claims.curve_points(mine)
         written[f"selection_{setting}"] = tables.write_table(claims.selection_table(points), folder,
                                                              f"selection_{setting}", synthetic)[1]
-        written.update(record_figures(mine, Path(publish), setting, profile, data, synthetic))
+        if draw:
+            written.update(record_figures(mine, Path(publish), setting, profile, data, synthetic))
     if summary_setting in claims_of:
         written["SUMMARY"] = write_summary(Path(publish), cached, claims_of[summary_setting],
                                            record_provenance(profile, data, runs), summary_setting, synthetic,
@@ -209,7 +211,7 @@ def _profile_paths(profile: str, runs_dir: str | Path | None, publish_dir: str |
 
 
 def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | Path | None = None,
-           readme: bool = False) -> dict[str, Path]:
+           readme: bool = False, draw: bool = True) -> dict[str, Path]:
     """Regenerate a profile's tables, claims, ANOVA and SUMMARY.md from its run records.
 
     `runs_dir`: the records (default the profile's published records,
@@ -229,4 +231,4 @@ def report(profile: str, runs_dir: str | Path | None = None, publish_dir: str | 
     facts = read_json(facts_path) if facts_path.exists() else None
     setting = common.get("setting", SUMMARY_SETTING)
     return regenerate(runs, publish, profile, str(common.get("data", "")), facts, summary_setting=setting,
-                      readme=readme)
+                      readme=readme, draw=draw)

@@ -72,15 +72,15 @@ def test_report_is_deterministic_and_needs_only_records(published, tmp_path):
             "per_patient_dice_corrected", "validation_dice_corrected"} <= set(written)
     assert any(name.startswith("forest_dice_corrected") for name in written)
     first = _digest(tmp_path / "a")
-    report.report("smoke", runs_dir=records, publish_dir=tmp_path / "a")
-    assert _digest(tmp_path / "a") == first  # rerunning changes no byte
     report.report("smoke", runs_dir=publish / "runs", publish_dir=tmp_path / "b")
-    assert _digest(tmp_path / "b") == first  # same records elsewhere: same bytes
+    assert _digest(tmp_path / "b") == first  # same records elsewhere: same bytes, figures included
+    report.report("smoke", runs_dir=records, publish_dir=tmp_path / "a", draw=False)
+    assert _digest(tmp_path / "a") == first  # rerunning over its own output changes no byte
 
 
 def test_summary_is_derived_from_the_run(published, tmp_path):
     _, publish = published
-    report.report("smoke", runs_dir=publish / "runs", publish_dir=tmp_path)
+    report.report("smoke", runs_dir=publish / "runs", publish_dir=tmp_path, draw=False)
     text = (tmp_path / "SUMMARY.md").read_text()
     assert f"{len(CASES)} test patients of 8 in the cache (200 slices) at 64x64" in text
     assert "HU window [-160, 240]" in text and "2 fold(s) x 2 seed(s)" in text
@@ -93,8 +93,11 @@ def test_summary_is_derived_from_the_run(published, tmp_path):
 
 def test_report_cli(published, tmp_path, capsys):
     _, publish = published
-    assert main(["report", "--profile", "smoke", "--runs", str(publish / "runs"), "--out", str(tmp_path)]) == 0
-    assert "SUMMARY" in json.loads(capsys.readouterr().out)
+    assert main(["report", "--profile", "smoke", "--runs", str(publish / "runs"), "--out", str(tmp_path),
+                 "--no-figures"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert "SUMMARY" in written and not any(Path(p).suffix == ".png" for p in written.values())
+    assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").glob("*.png"))
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["report", "--profile", "smoke", "--runs", str(empty), "--out", str(tmp_path)]) == 2
@@ -220,6 +223,6 @@ def test_report_out_without_runs_reads_the_profiles_published_records(published,
     _, publish = published
     monkeypatch.setattr(runner, "load_profile", lambda name: {"common": {"publish_dir": str(publish)}})
     out = tmp_path / "elsewhere"
-    assert main(["report", "--profile", "smoke", "--out", str(out)]) == 0
+    assert main(["report", "--profile", "smoke", "--out", str(out), "--no-figures"]) == 0
     written = json.loads(capsys.readouterr().out)
     assert Path(written["SUMMARY"]).parent == out and not (out / "runs").exists()
