@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kdlib import provenance  # noqa: E402
 from kdlib.io import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -19,17 +20,7 @@ HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun 
 
 def cpu_name() -> str:
     """Model name and the bf16 flags of the CPU (Linux /proc/cpuinfo)."""
-    name, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown CPU":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
-    return f"{name} ({', '.join(bf16) if bf16 else 'no native bf16'})"
+    return provenance.cpu_name(flags=True)
 
 
 def machine_line() -> str:

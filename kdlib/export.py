@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError, KdlibError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json
 
 LOGIT_TOLERANCE = 1e-3
 OPSET = 18
@@ -117,8 +117,8 @@ def export_onnx(model: str | Path, onnx: str | Path, check: str | Path | None = 
     """Export the finished run `model` to `onnx` (+ `<onnx>.json`), checked against torch."""
     import torch
 
-    from .predict import model_preprocessing
-    from .train import RunConfig, is_finished, load_model
+    from .predict import run_preprocessing
+    from .train import is_finished, load_model
 
     run_dir, dest = Path(model), Path(onnx)
     if not is_finished(run_dir):
@@ -135,11 +135,7 @@ def export_onnx(model: str | Path, onnx: str | Path, check: str | Path | None = 
     if not dest.parent.is_dir():
         raise DataError("the folder for the ONNX file does not exist", dest.parent,
                         "create it first")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
-    published = run_dir / "preprocessing.json"
-    manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"
-    manifest = read_json(manifest_path)
-    size, faithful, window = model_preprocessing(manifest, manifest_path)
+    cfg, _, size, faithful, window = run_preprocessing(run_dir)
     images, source = check_slices(cfg, size, faithful, window, Path(check) if check else None)
 
     network = load_model(run_dir, torch.device("cpu"))

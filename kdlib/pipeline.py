@@ -372,7 +372,6 @@ def publish_models(out: Path, publish: Path, roles: tuple[str, ...] = STUDENT_RO
     loadable with weights_only=True) and `preprocessing.json` (the cache manifest they were
     trained on, which `predict` reads when the cache itself is absent). Students are small
     (S1 about 0.12 MB, S2 about 0.46 MB in fp16); teachers are never published."""
-    from .io import atomic_write_bytes
     from .train import load_runs
 
     target = publish / "models"
@@ -386,15 +385,24 @@ def publish_models(out: Path, publish: Path, roles: tuple[str, ...] = STUDENT_RO
         if cfg["seed"] != first_seed[(cfg["name"], cfg["split"], cfg["setting"])]:
             continue
         source = Path(run["run_dir"])
-        dest = target / source.name
-        files = {name: source / name for name in RECORD_FILES}
-        files["checkpoints/best.pt"] = source / "checkpoints" / "best.pt"
-        files[PREPROCESSING] = Path(cfg["cache"]) / "manifest.json"
-        for name, path in files.items():
-            data = path.read_bytes()
-            if not (dest / name).exists() or (dest / name).read_bytes() != data:
-                atomic_write_bytes(dest / name, data)
+        copy_model(source, target / source.name)
     return target
+
+
+def copy_model(source: Path, dest: Path) -> Path:
+    """A run's records, `checkpoints/best.pt` and its cache manifest as `preprocessing.json`
+    under `dest`, ready for `kdlib predict`; a file already there with the same bytes is kept."""
+    from .io import atomic_write_bytes
+
+    cfg = read_json(source / "config.json")
+    files = {name: source / name for name in RECORD_FILES}
+    files["checkpoints/best.pt"] = source / "checkpoints" / "best.pt"
+    files[PREPROCESSING] = Path(cfg["cache"]) / "manifest.json"
+    for name, path in files.items():
+        data = path.read_bytes()
+        if not (dest / name).exists() or (dest / name).read_bytes() != data:
+            atomic_write_bytes(dest / name, data)
+    return dest
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

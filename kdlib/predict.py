@@ -273,12 +273,24 @@ def model_preprocessing(manifest: Any, path: Path) -> tuple[int, bool, list[floa
     return int(params["size"]), faithful, list(window)
 
 
+def run_preprocessing(run_dir: Path):
+    """(config, cache manifest, size, faithful, HU window) of a trained run: a published model
+    (pipeline.publish_models) carries its cache manifest with it as preprocessing.json."""
+    from .train import RunConfig
+
+    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
+    published = run_dir / "preprocessing.json"
+    manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"
+    manifest = read_json(manifest_path)
+    return (cfg, manifest, *model_preprocessing(manifest, manifest_path))
+
+
 def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "auto",
             device: str | None = None, orient: str = "none", tta: bool = False) -> dict[str, Any]:
     """Segment every input with the trained run `model`; returns a summary with slices/s.
     `tta`: average the model over the 8 orientations of every slice (8 forward passes), so
     the orientation a slice comes in does not change its mask."""
-    from .train import RunConfig, is_finished, pick_device
+    from .train import is_finished, pick_device
 
     run_dir, out = Path(model), Path(out)
     if orient not in ORIENT_OPS:
@@ -289,12 +301,7 @@ def predict(model: str | Path, input: str | Path, out: str | Path, fmt: str = "a
     if out.exists() and not out.is_dir():
         raise DataError("the output path is a file, not a folder", out,
                         "give a new or existing folder as --out")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
-    # a published model (pipeline.publish_models) carries its cache manifest with it
-    published = run_dir / "preprocessing.json"
-    manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"
-    manifest = read_json(manifest_path)
-    size, faithful, window = model_preprocessing(manifest, manifest_path)
+    cfg, manifest, size, faithful, window = run_preprocessing(run_dir)
     items = _discover(Path(input), fmt)
     _check_outputs(items, out)
     dev = pick_device(device)

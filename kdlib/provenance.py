@@ -14,6 +14,24 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_name(flags: bool = True) -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), with its bf16 flags unless `flags=False`
+    (what every timing is recorded with)."""
+    name, found = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                found.update(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    if not flags:
+        return name
+    bf16 = sorted(found & {"amx_bf16", "amx_tile", "avx512_bf16"})
+    return f"{name} ({', '.join(bf16) if bf16 else 'no native bf16'})"
+
+
 def _git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,

@@ -30,18 +30,17 @@ publishing refuses a folder that already holds a release.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import DataError, KdlibError
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .errors import DataError
+from .io import atomic_write_json, atomic_write_text, read_json
 
 # real-mini's folds (notebooks/profiles/real-mini.yaml): every patient is tested exactly once
 FOLD_TEST_CASES = (("3Dircadb1.1", "spleen_3"), ("3Dircadb1.7", "spleen_6"),
@@ -74,7 +73,6 @@ class ReleaseConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     latency: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,20 +171,15 @@ def plan(cfg: ReleaseConfig, prepared: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 # measurements
 
-def _pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    tp = float(np.logical_and(pred, truth).sum())
-    total = float(pred.sum() + truth.sum())
-    return 2.0 * tp / total if total else 1.0
-
-
-def orientation_dice(run_dir: Path, tta: bool = False) -> list[float]:
+def orientation_dice(run_dir: Path) -> dict[bool, list[float]]:
     """Pooled test Dice of a run's kept checkpoint on its test slices turned into each of the
-    8 orientations (masks turned alike), in fp32 as `predict` runs it (`tta`: as
-    `predict --tta` runs it)."""
+    8 orientations (masks turned alike), in fp32 as `predict` runs it: {False: one pass,
+    True: as `predict --tta` runs it}."""
     import torch
 
     from .augment import dihedral
     from .data import SliceCache, load_split
+    from .figures import dice
     from .train import RunConfig, infer, load_model
 
     cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
@@ -195,11 +188,12 @@ def orientation_dice(run_dir: Path, tta: bool = False) -> list[float]:
     images = torch.from_numpy(np.asarray(cache.images[rows]))
     truth = torch.from_numpy(np.asarray(cache.masks[rows]) > 127)
     model = load_model(run_dir, torch.device("cpu"))
-    scores = []
+    scores: dict[bool, list[float]] = {False: [], True: []}
     for op in range(8):
         turned = dihedral(images, op).contiguous().numpy()
-        pred = infer(run_dir, turned, device="cpu", model=model, tta=tta)["mask"]
-        scores.append(_pooled_dice(pred, dihedral(truth, op).numpy()))
+        for tta, out in scores.items():
+            pred = infer(run_dir, turned, device="cpu", model=model, tta=tta)["mask"]
+            out.append(dice(pred, dihedral(truth, op).numpy()))
     return scores
 
 
@@ -268,7 +262,7 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
     import torch
 
     from .paths import publish_path, results_dir
-    from .provenance import code_state
+    from .provenance import code_state, cpu_name
     from .train import load_model, train
 
     out = results_dir("release", cfg.out)
@@ -288,8 +282,8 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
     for item in runs:
         item["record"] = _record(item["run_dir"])
         if item["kind"] == "cv":
-            item["orientations"] = orientation_dice(item["run_dir"])
-            item["orientations_tta"] = orientation_dice(item["run_dir"], tta=True)
+            scores = orientation_dice(item["run_dir"])
+            item["orientations"], item["orientations_tta"] = scores[False], scores[True]
 
     summary: dict[str, Any] = {"models": {}, "config": dataclasses.asdict(cfg)}
     staging = publish.with_name(f".{publish.name}.staging")
@@ -312,7 +306,7 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
         trained_at = sorted({str((read_json(r["run_dir"] / "config.json").get("provenance") or {})
                                  .get("commit", "unknown"))[:7] for r in runs})
         summary.update(provenance={**code_state(), "runs_trained_at": trained_at,
-                                   "cpu": _cpu_name(), "torch": torch.__version__,
+                                   "cpu": cpu_name(flags=False), "torch": torch.__version__,
                                    "python": platform.python_version(),
                                    "threads": torch.get_num_threads(),
                                    "minutes": round((time.time() - started) / 60, 1),
@@ -370,26 +364,11 @@ def _model_summary(model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _publish_model(run_dir: Path, dest: Path) -> Path:
     """Records, weights (best.pt), preprocessing.json and model.onnx (+ .json) of a release run."""
     from .export import export_onnx
-    from .pipeline import PREPROCESSING, RECORD_FILES
+    from .pipeline import copy_model
 
-    cfg = read_json(run_dir / "config.json")
-    files = {name: run_dir / name for name in RECORD_FILES}
-    files["checkpoints/best.pt"] = run_dir / "checkpoints" / "best.pt"
-    files[PREPROCESSING] = Path(cfg["cache"]) / "manifest.json"
-    for name, path in files.items():
-        atomic_write_bytes(dest / name, path.read_bytes(), overwrite=False)
+    copy_model(run_dir, dest)  # into a fresh staging folder
     export_onnx(dest, dest / "model.onnx")  # checked on the release split's held-out slices
     return dest / "model.onnx"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ---------------------------------------------------------------------------------------
@@ -555,10 +534,10 @@ def _orientation_figure(summary: dict[str, Any], path: Path) -> None:
     x = np.arange(8)
     for ax, model in zip(axes[0], models):
         s = summary["models"][model]
-        for key, field, label, marker in (("augmented", "orientations", "with augmentation", "o"),
+        for key, column, label, marker in (("augmented", "orientations", "with augmentation", "o"),
                                           ("augmented", "orientations_tta", "with augmentation, --tta", "^"),
                                           ("as_given", "orientations", "without augmentation", "s")):
-            folds = np.asarray([f[field] for f in s[key]["folds"]])
+            folds = np.asarray([f[column] for f in s[key]["folds"]])
             ax.plot(x, folds.mean(0), marker=marker, label=f"{label} (mean of 3 folds)")
             for row in folds:
                 ax.plot(x, row, marker=marker, alpha=0.25, lw=0.8, color=ax.lines[-1].get_color())

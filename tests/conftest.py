@@ -5,6 +5,7 @@
   the data is absent.
 - `phantom_msd` (session): a tiny generated MSD folder (6 cases, 64x64, seed 0).
 - `phantom_cache` (session): that phantom preprocessed (standard mode, size 64).
+- `tiny` (module): a tiny phantom cache (32x32) and its patient split, for short training runs.
 - helpers to write small bad/good inputs: `write_nifti`, `write_msd`, `write_slices`,
   `write_dicom_patient`.
 """
@@ -55,6 +56,19 @@ def phantom_msd(tmp_path_factory) -> Path:
 
     return write_phantom_msd(tmp_path_factory.mktemp("phantom") / "Task09_Phantom", cases=6,
                              seed=0, size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A folder with a tiny phantom cache (4 cases, 32x32, 12 slices each) and a patient
+    split: `tiny / "cache"`, `tiny / "split.json"`; one per test module."""
+    from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_phantom_msd(root / "phantom", cases=4, seed=3, size=32, slices=12)
+    preprocess(data, root / "cache", size=32)
+    save_split(make_split(SliceCache.load(root / "cache"), mode="patient", seed=0), root / "split.json")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from kdlib import augment, losses, train
-from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
 from kdlib.errors import ConfigError
 
 
@@ -78,16 +77,6 @@ def test_orientations_are_drawn_uniformly():
     # chi-square with 7 df: 24.3 is its 0.999 quantile
     chi2 = ((counts - 1000) ** 2 / 1000).sum()
     assert chi2 < 24.3
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_aug")
-    data = write_phantom_msd(root / "phantom", cases=4, seed=3, size=32, slices=12)
-    preprocess(data, root / "cache", size=32)
-    save_split(make_split(SliceCache.load(root / "cache"), mode="patient", seed=0),
-               root / "split.json")
-    return root
 
 
 def _cfg(tiny, **kw):

@@ -11,19 +11,10 @@ import pytest
 import torch
 
 from kdlib import train
-from kdlib.data import SliceCache, load_split, make_split, preprocess, save_split, write_phantom_msd
+from kdlib.data import SliceCache, load_split
 from kdlib.errors import KdlibError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    data = write_phantom_msd(root / "phantom", cases=4, seed=3, size=32, slices=12)
-    preprocess(data, root / "cache", size=32)
-    save_split(make_split(SliceCache.load(root / "cache"), mode="patient", seed=0), root / "split.json")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,8 @@ import pytest
 import torch
 
 from kdlib import losses, train
-from kdlib.data import SliceCache, make_split, preprocess, save_split, write_phantom_msd
+from kdlib.data import SliceCache, make_split, save_split
 from kdlib.errors import KdlibError
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    data = write_phantom_msd(root / "phantom", cases=4, seed=3, size=32, slices=12)
-    preprocess(data, root / "cache", size=32)
-    cache = SliceCache.load(root / "cache")
-    save_split(make_split(cache, mode="patient", seed=0), root / "split.json")
-    return root
 
 
 def _baseline(tiny, **kw):
