@@ -370,11 +370,24 @@ def comparisons() -> list[tuple[dict[str, Any], dict[str, Any]]]:
             for claim in CLAIMS for row in claim["comparisons"]]
 
 
-def rows_claims_need(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def rows_claims_need(rows: Iterable[dict[str, Any]], claim_ids: Collection[str] | None = None
+                     ) -> list[dict[str, Any]]:
     """The thesis rows (of `experiments.thesis_rows`/`grid_rows`) whose configuration some claim
-    compares: the cut a CPU-sized profile trains when the whole grid does not fit."""
-    needed = {key(spec) for _, row in comparisons() for _, spec in row["terms"]}
+    (or one of `claim_ids`) compares: the cut a CPU-sized profile trains when the whole grid
+    does not fit, and the rows that get a profile's `headline_seeds`."""
+    needed = {key(spec) for claim, row in comparisons() for _, spec in row["terms"]
+              if claim_ids is None or claim["claim_id"] in claim_ids}
     return [row for row in rows if key(spec_of_row(row)) in needed]
+
+
+# The thesis's headline (issue 21): "distillation improves both students" and "the smaller
+# student gains more". Their rows (S1/S2 baselines, our KD-off controls, KD(T1,S1) and
+# KD(T1,S2) B->B+PMD) get a profile's `headline_seeds`, every other row its `seeds`.
+HEADLINE_CLAIMS = ("1", "8")
+
+
+def is_headline_row(row: dict[str, Any]) -> bool:
+    return bool(rows_claims_need([row], HEADLINE_CLAIMS))
 
 
 def _comparison_text(terms) -> str:

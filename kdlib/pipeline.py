@@ -215,11 +215,15 @@ def _dedup_key(cfg: RunConfig) -> str:
 def row_configs(out: Path, rows: list[dict[str, Any]], setting: str, epochs: int,
                 seeds: list[int], precision: str = "fp32", folds: list[int] | None = None,
                 prepared: dict[str, Any] | None = None, teachers: dict[str, Any] | None = None,
-                **overrides) -> list[RunConfig]:
+                headline_seeds: list[int] | None = None, **overrides) -> list[RunConfig]:
     """One RunConfig per (thesis row, fold, seed), deduplicated by run folder.
 
-    `prepared` (as `prepared.json`) and `teachers` (as `teachers.json`) default to the
+    `headline_seeds` (when given) replace `seeds` for the rows of the thesis's headline claims
+    (`claims.HEADLINE_CLAIMS`), which need more seeds to tell their small effects from training
+    noise. `prepared` (as `prepared.json`) and `teachers` (as `teachers.json`) default to the
     files of `out`; `kdlib.plan` passes the ones an invocation would write."""
+    from . import claims
+
     prepared = (prepared or load_prepared(out))[setting]
     configs, seen = [], set()
     for fold, split in enumerate(prepared["splits"]):
@@ -234,7 +238,7 @@ def row_configs(out: Path, rows: list[dict[str, Any]], setting: str, epochs: int
                                          epochs=epochs, precision=precision, **overrides)
             if cfg is None:
                 continue
-            for seed in seeds:
+            for seed in headline_seeds if headline_seeds and claims.is_headline_row(row) else seeds:
                 seeded = replace(cfg, seed=seed)
                 key = _dedup_key(seeded)
                 if key not in seen:
@@ -245,11 +249,12 @@ def row_configs(out: Path, rows: list[dict[str, Any]], setting: str, epochs: int
 
 def student_configs(out: Path, setting: str, epochs: int, seeds: list[int], precision: str = "fp32",
                     prepared: dict[str, Any] | None = None, teachers: dict[str, Any] | None = None,
-                    **overrides) -> list[RunConfig]:
-    """Notebook 03's runs: Table 4.2's rows and our KD-off controls, every fold and seed."""
+                    headline_seeds: list[int] | None = None, **overrides) -> list[RunConfig]:
+    """Notebook 03's runs: Table 4.2's rows and our KD-off controls, every fold and seed
+    (`headline_seeds` for the rows of claims 1 and 8)."""
     rows = experiments.grid_rows(["4.2"])  # the thesis's Table 4.2 rows + our KD-off controls
     return row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
-                       prepared=prepared, teachers=teachers, **overrides)
+                       prepared=prepared, teachers=teachers, headline_seeds=headline_seeds, **overrides)
 
 
 GRIDS = ("all", "claims", "none")
@@ -258,7 +263,8 @@ GRIDS = ("all", "claims", "none")
 def ablation_configs(out: Path, setting: str, grid: str, epochs: int, seeds: list[int],
                      precision: str = "fp32", grid_folds: list[int] | None = None,
                      faithful_grid: bool = True, prepared: dict[str, Any] | None = None,
-                     teachers: dict[str, Any] | None = None, **overrides) -> list[RunConfig]:
+                     teachers: dict[str, Any] | None = None, headline_seeds: list[int] | None = None,
+                     **overrides) -> list[RunConfig]:
     """Notebook 04's runs: the rows of Tables 4.3-4.11 (`grid`: all | claims, only the rows
     some claim compares | none) on `grid_folds` ([] or None: every fold), and with
     `faithful_grid` the T1->S1 grid (Tables 4.3, 4.6, 4.7 and 4.2's S1 rows) in the faithful
@@ -272,7 +278,7 @@ def ablation_configs(out: Path, setting: str, grid: str, epochs: int, seeds: lis
     rows = claims.rows_claims_need(rows) if grid == "claims" else [] if grid == "none" else rows
     configs = row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
                           folds=list(grid_folds) if grid_folds else None, prepared=prepared,
-                          teachers=teachers, **overrides)
+                          teachers=teachers, headline_seeds=headline_seeds, **overrides)
     if faithful_grid and "faithful" in prepared and setting != "faithful":
         faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
                          if r["student"] == "S1" and r["teacher"] in ("T1", "")]
@@ -290,15 +296,28 @@ def training_order(configs: list[RunConfig]) -> list[RunConfig]:
                                           kd_taps_of(c), c.model))
 
 
-def train_all(out: Path, configs: list[RunConfig], device: str | None = None) -> list[Path]:
+def train_all(out: Path, configs: list[RunConfig], device: str | None = None,
+              workers: int = 1) -> list[Path]:
     """Train a list of configurations in order (finished ones are skipped instantly).
 
     Configurations that share a teacher run are adjacent, so the teacher's outputs on the
-    student training set are computed once for the whole group.
+    student training set are computed once for the whole group (once per worker).
+
+    `workers` > 1 trains that many runs at once on the CPU, each in its own process with an
+    equal share of the torch threads: on a 2-core machine two 1-thread processes train the
+    tiny students about 1.2x faster than one 2-thread process (benchmarks/RESULTS.md,
+    section 11), because a 57k-parameter network at 64x64 cannot keep two threads busy. A
+    run's numbers then come from a 1-thread process, which rounds differently from a 2-thread
+    one; each run stays deterministic for its seed and thread count (recorded in its record).
+    On CUDA the runs go one after another (one device).
     """
     ordered = training_order(configs)
-    todo = sum(not is_finished(c.run_dir(out / "runs")) for c in ordered)
-    print(f"{len(ordered)} runs, {len(ordered) - todo} already finished, {todo} to train")
+    todo = [c for c in ordered if not is_finished(c.run_dir(out / "runs"))]
+    print(f"{len(ordered)} runs, {len(ordered) - len(todo)} already finished, {len(todo)} to train"
+          + (f", {workers} at a time" if workers > 1 and len(todo) > 1 else ""))
+    if workers > 1 and len(todo) > 1 and not _is_cuda(device):
+        _train_in_processes(out, todo, device, workers)
+        return [c.run_dir(out / "runs") for c in ordered]
     # One bar over the runs, not one per run: a grid's worth of widget bars floods the
     # kernel's output channel (nbval then lost the cell's final message) and the notebook.
     # Each run still prints one line with its validation curve when it finishes.
@@ -306,6 +325,67 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None) ->
     for cfg in bar(ordered, desc="runs", total=len(ordered)):
         done.append(train(cfg, out / "runs", device=device, progress=False))
     return done
+
+
+def _is_cuda(device: str | None) -> bool:
+    import torch
+
+    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+
+
+def _finished_line(cfg: RunConfig, run_dir: Path) -> str:
+    from .train import read_metrics
+
+    m = read_metrics(run_dir) or {}
+    return (f"{cfg.name} (seed {cfg.seed}): {m.get('epochs_run')} epochs, stopped at the "
+            f"{'patience' if m.get('stopped') == 'early' else 'cap'}, best epoch {m.get('best_epoch')}, "
+            f"test Dice {(m.get('pooled') or {}).get('dice', float('nan')):.3f}, "
+            f"{m.get('train_seconds', 0):.0f} s on {m.get('train_threads', '?')} thread(s)")
+
+
+def _worker_start(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_in_processes(out: Path, todo: list[RunConfig], device: str | None, workers: int) -> None:
+    """Train `todo` in `workers` processes; the first failure is raised once the runs already
+    started have ended (each holds its run folder's lock and resumes where it stopped)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    # spawn, not fork: a forked child would inherit the parent's OpenMP thread pool state
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(train, cfg, str(out / "runs"), device, None, False): cfg for cfg in todo}
+        progress = bar(total=len(futures), desc=f"runs ({workers} processes)")
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                progress.update(len(finished))
+                failed = [f for f in finished if f.exception() is not None]
+                for f in finished:  # the worker's own line goes to the kernel's log, not here
+                    if f.exception() is None:
+                        print(_finished_line(futures[f], Path(f.result())), flush=True)
+                if failed:
+                    for f in pending:
+                        f.cancel()
+                    wait(pending)
+                    cfg = futures[failed[0]]
+                    exc = failed[0].exception()
+                    if isinstance(exc, KdlibError):
+                        raise exc
+                    raise KdlibError(f"run {cfg.name} (seed {cfg.seed}) failed in a worker process: {exc}",
+                                     cfg.run_dir(out / "runs"),
+                                     "run the same command again: finished runs are kept") from exc
+        finally:
+            progress.close()
 
 
 def publish_folder(out: Path, publish_dir: str = "") -> Path:

@@ -118,12 +118,13 @@ def enumerate_runs(profile: str, data: str | None = None, out: str | Path | None
         p = params["03_student"]
         by_notebook["03_student"] = pipeline.student_configs(
             out_dir, p["setting"], epochs=p["epochs"], seeds=p["seeds"], precision=p["precision"],
-            prepared=layout, teachers=registry, **{k: p[k] for k in student_options})
+            headline_seeds=p["headline_seeds"], prepared=layout, teachers=registry,
+            **{k: p[k] for k in student_options})
     if "04_ablations" in stems:
         p = params["04_ablations"]
         by_notebook["04_ablations"] = pipeline.ablation_configs(
             out_dir, p["setting"], p["grid"], epochs=p["epochs"], seeds=p["seeds"], precision=p["precision"],
-            grid_folds=p["grid_folds"], faithful_grid=p["faithful_grid"], prepared=layout, teachers=registry,
+            headline_seeds=p["headline_seeds"], grid_folds=p["grid_folds"], faithful_grid=p["faithful_grid"], prepared=layout, teachers=registry,
             **{k: p[k] for k in student_options})
 
     planned, first_in, cfgs = [], {}, []

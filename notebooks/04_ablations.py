@@ -35,6 +35,8 @@ setting: str = "corrected"  # the main reading: corrected | faithful
 faithful_grid: bool = True  # also run the T1->S1 grid (Tables 4.3, 4.6, 4.7) in the faithful setting
 epochs: int = 2  # the thesis: 120
 seeds: list = [42]  # several seeds give confidence intervals
+headline_seeds: list = []  # [] -> seeds; else the seeds of the rows of claims 1 and 8 (the headline: baselines, controls, KD(T1,S1/S2) B+PMD)
+workers: int = 1  # runs trained at once on the CPU, each in its own process with its share of the threads (2 on 2 cores: about 1.2x)
 patience: int = 0  # early stopping: epochs without a validation-Dice gain before stopping (0: off; epochs is the cap)
 min_epochs: int = 0  # no early stop before this many epochs (a slow optimiser starts near Dice 0)
 select_on: str = "loss"  # what keeps a checkpoint: loss (the original's validation loss) | dice (validation Dice, as early stopping)
@@ -63,14 +65,15 @@ publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
 # the rows of Tables 4.3-4.11 that `grid` selects, and the faithful T1->S1 grid (as `--plan` lists them)
-configs = pipeline.ablation_configs(out, setting, grid, epochs=epochs, seeds=seeds, precision=precision,
+configs = pipeline.ablation_configs(out, setting, grid, epochs=epochs, seeds=seeds, headline_seeds=headline_seeds,
+                                    precision=precision,
                                     grid_folds=grid_folds, faithful_grid=faithful_grid, patience=patience,
                                     min_epochs=min_epochs, select_on=select_on, smooth=smooth, warmup=warmup,
                                     keep_last=keep_last)
 print(len(configs), "configurations")
 
 # %%
-pipeline.train_all(out, configs, device=device or None)
+pipeline.train_all(out, configs, device=device or None, workers=workers)
 runs = train.load_runs(out / "runs")
 prov = pipeline.provenance(profile, data, started)
 

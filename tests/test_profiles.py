@@ -72,3 +72,27 @@ def test_notebook_defaults_match_papermill():
         assert set(ours) == set(theirs)
         for name, info in theirs.items():
             assert ours[name] == eval(info["default"]), (nb.stem, name)  # noqa: S307 (our own notebooks)
+
+
+def test_real_mini_seeds_for_the_headline_and_every_other_claim_row():
+    """Issue 21: claims 1 and 8's rows at >= 10 seeds per fold, every other row a claim compares
+    at >= 3, on all 3 folds (the plan lists what the invocation trains)."""
+    from kdlib import claims, experiments
+
+    runs = [r for r in plan.plan_runs("real-mini") if r["notebook"] in ("03_student", "04_ablations")
+            and not r["shared_with"]]
+    headline = {(r["role"], r["name"], "student_train") for r in runs if r["role"] in ("baseline", "control")}
+    headline |= {("kd", f"KD(T1,{s}) infonce B+PMD", "student_train") for s in ("S1", "S2")}
+    seeds: dict = {}
+    for r in runs:  # a configuration: its name and its data (Table 4.11 trains B on 100%)
+        config = (r["role"], r["name"], r["train_subset"])
+        seeds.setdefault(config, {}).setdefault(r["fold"], set()).add(r["seed"])
+    assert headline <= set(seeds)
+    for config, by_fold in seeds.items():
+        assert sorted(by_fold) == [0, 1, 2], config  # every fold
+        assert all(len(s) >= (10 if config in headline else 3) for s in by_fold.values()), config
+    # and every configuration some claim compares is among them
+    needed = claims.rows_claims_need(experiments.grid_rows())
+    assert len(seeds) >= len({claims.key(claims.spec_of_row(r)) for r in needed if r["table"] != "4.1"})
+    assert {r["table"] for r in claims.rows_claims_need(experiments.grid_rows(), claims.HEADLINE_CLAIMS)} \
+        >= {"4.2"}
