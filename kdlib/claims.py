@@ -549,6 +549,40 @@ def power_table(runs, metric: str = "dice", power: float = 0.8) -> pd.DataFrame:
     return df
 
 
+def headline_points(runs, setting: str = "corrected", metric: str = "dice") -> pd.DataFrame:
+    """The per-seed paired differences behind the headline claims' comparisons
+    (`HEADLINE_CLAIMS`): one row per (comparison, fold, seed) with the seed's effect (its
+    row of the fold's block: the mean over the fold's test patients, the estimate's unit),
+    and per comparison the within-fold seed-to-seed SD of those effects (`seed_sd`: the
+    root of the mean over folds with >= 2 seeds of each fold's sample variance)."""
+    index = RunIndex(runs)
+    records = []
+    for claim, comp in comparisons():
+        if claim["claim_id"] not in HEADLINE_CLAIMS:
+            continue
+        result = contrast(index, comp["terms"], setting, metric, "these-patients")
+        blocks = result["blocks"]
+        sd = seed_sd(blocks)
+        for fold, block in enumerate(blocks):
+            for seed, effect in enumerate(np.asarray(block).mean(axis=1)):
+                records.append({"claim_id": claim["claim_id"], "comparison": _comparison_text(comp["terms"]),
+                                "role": comp["role"], "fold": fold, "seed_index": seed, "effect": float(effect),
+                                "seed_sd": sd, "thesis_effect": float(sum(c * thesis_value(sp, metric)
+                                                                          for c, sp in comp["terms"]))})
+    return pd.DataFrame.from_records(records, columns=["claim_id", "comparison", "role", "fold", "seed_index",
+                                                       "effect", "seed_sd", "thesis_effect"])
+
+
+def seed_sd(blocks: Sequence[Any]) -> float:
+    """Within-fold seed-to-seed SD of the per-seed means of `blocks` (seeds x units per fold):
+    sqrt of the mean, over folds with at least 2 seeds, of the sample variance (ddof 1) of the
+    seeds' means; NaN where no fold has 2 seeds. Folds are not pooled into one sample, because
+    their means differ by patient, not by training noise."""
+    variances = [float(np.var(np.asarray(b, dtype=float).mean(axis=1), ddof=1)) for b in blocks
+                 if np.asarray(b).shape[0] >= 2]
+    return math.sqrt(float(np.mean(variances))) if variances else math.nan
+
+
 # ---------------------------------------------------------------------------------------
 # The thesis's ANOVA, on the thesis's numbers and on ours
 
@@ -653,15 +687,17 @@ def configuration_summary(runs, metric: str = "dice") -> pd.DataFrame:
             "pooled_last_epoch": _mean([pooled_value(r, metric, "last_epoch") for r in reps.values()]),
             "patients": result["n_patients"], "patient_mean": result["estimate"],
             "ci_low": result["ci_low"], "ci_high": result["ci_high"], "ci_method": result["method"],
+            "seed_sd": seed_sd(result["blocks"]),
             "thesis": thesis_value(spec, metric), "thesis_rows": thesis_rows_of(spec),
             "_order": {"4.1": 0, "baseline": 1, "control": 2, "kd": 3}[spec["table"]],
         })
     columns = ["label", "setting", "n_runs", "n_seeds", "n_folds", "pooled_best", "pooled_last_epoch", "patients",
-               "patient_mean", "ci_low", "ci_high", "ci_method", "thesis", "thesis_rows", "_order"]
+               "patient_mean", "ci_low", "ci_high", "ci_method", "seed_sd", "thesis", "thesis_rows", "_order"]
     df = pd.DataFrame.from_records(records, columns=columns)
     df = df.sort_values(["setting", "_order", "label"], kind="stable").drop(columns="_order").reset_index(drop=True)
     df.attrs["caption"] = (f"Every configuration: pooled {metric} of the best checkpoint and of the last epoch "
-                           f"(mean over runs); mean per-patient {metric} with its 95% CI (unit: test patient)")
+                           f"(mean over runs); mean per-patient {metric} with its 95% CI (unit: test patient); seed_sd: the "
+                           f"seed-to-seed SD of the per-run mean per-patient {metric} within a fold (`seed_sd`)")
     return df
 
 

@@ -496,6 +496,66 @@ def per_patient_plot(points, title: str = "", synthetic: bool = False, xlabel: s
     return fig
 
 
+def headline_contrasts(points, intervals, synthetic: bool = False) -> dict[str, Any]:
+    """One figure per headline comparison (claims 1 and 8): each seed's paired difference as a
+    dot per fold, and beside the folds the comparison's two intervals (`population`: new
+    patients; `these-patients`: these patients against training noise), each at its Holm level,
+    with the kept-checkpoint verdict and the last epoch's. `points`: `claims.headline_points`;
+    `intervals`: the claims table (`claims.claims_table`), whose rows with the same
+    `comparison` and `role` give the intervals. Returns {"claim<id>_<n>": figure}, n counting
+    the claim's comparisons in order (a file name that says which claim it shows)."""
+    plt = _plt()
+    out: dict[str, Any] = {}
+    if len(points) == 0:
+        return out
+    counts: dict[str, int] = {}
+    for (claim_id, comparison, role), part in points.groupby(["claim_id", "comparison", "role"], sort=False):
+        counts[claim_id] = counts.get(claim_id, 0) + 1
+        rows = intervals[(intervals["comparison"] == comparison) & (intervals["role"] == role)] \
+            if len(intervals) else intervals
+        folds = sorted(part["fold"].unique())
+        fig, ax = plt.subplots(figsize=(8.0, 4.0))
+        for fold in folds:
+            dots = part[part["fold"] == fold]["effect"].to_numpy()
+            jitter = np.linspace(-0.12, 0.12, len(dots)) if len(dots) > 1 else np.zeros(1)
+            ax.plot(fold + jitter, dots, "o", ms=4, color="#0072B2", alpha=0.75)
+            ax.plot([fold - 0.22, fold + 0.22], [dots.mean()] * 2, color="#0072B2", lw=1.5)
+        labels = [f"fold {f}\n({int((part['fold'] == f).sum())} seeds)" for f in folds]
+        positions = [len(folds) + 0.4, len(folds) + 2.0]
+        for x, (framing, colour) in zip(positions, (("population", "#D55E00"), ("these-patients", "#009E73"))):
+            row = rows[rows["framing"] == framing] if len(rows) else rows
+            level = f" {float(row['ci_level'].iloc[0]):.1%} CI" if len(row) and "ci_level" in row else ""
+            labels.append(f"{framing}{level}\n{row['verdict'].iloc[0] if len(row) else 'no row'}"
+                          + (f"\nlast epoch: {row['verdict_last_epoch'].iloc[0]}" if len(row) else ""))
+            if len(row):
+                r = row.iloc[0]
+                low, high, effect = float(r["ci_low"]), float(r["ci_high"]), float(r["effect"])
+                if not (math.isnan(low) or math.isnan(high)):
+                    ax.plot([x, x], [low, high], color=colour, lw=2.2)
+                    ax.plot([x - 0.08, x + 0.08], [low, low], color=colour, lw=1.2)
+                    ax.plot([x - 0.08, x + 0.08], [high, high], color=colour, lw=1.2)
+                if not math.isnan(effect):
+                    ax.plot([x], [effect], "s", color=colour, ms=6)
+        ax.axhline(0, color="black", lw=0.8)
+        thesis = float(part["thesis_effect"].iloc[0])
+        if not math.isnan(thesis):
+            ax.axhline(thesis, color="0.4", lw=1.0, ls="--", label=f"thesis's effect {thesis:+.3f}")
+            ax.legend(loc="upper left", fontsize=7, frameon=False)
+        ax.set_xticks(list(range(len(folds))) + positions)
+        ax.set_xticklabels(labels, fontsize=6.5)
+        ax.set_xlim(-0.6, positions[-1] + 0.9)
+        ax.set_ylabel("paired difference in Dice")
+        sd = float(part["seed_sd"].iloc[0])
+        title = (f"Claim {claim_id} ({role}): {comparison}\n"
+                 f"dots: one seed's difference (mean over the fold's test patients), bar: the fold's mean; "
+                 f"within-fold seed SD {sd:.3f}\npopulation: new patients; these-patients: these patients against "
+                 f"training noise; squares: the estimate; each interval at the level its label gives (Holm-adjusted with a verdict)")
+        ax.set_title(_title(title, synthetic), fontsize=8, loc="left")
+        fig.tight_layout()
+        out[f"claim{claim_id}_{counts[claim_id]}"] = fig
+    return out
+
+
 def validation_curves(points, title: str = "", synthetic: bool = False, ncols: int | None = None):
     """Small multiples, one panel per configuration: validation Dice against epoch, one line
     per (fold, seed), coloured by fold (its test patients in the legend), dashed for later

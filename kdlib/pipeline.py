@@ -625,15 +625,56 @@ def summary_text(runs: list[dict[str, Any]], claims_df, prov: dict[str, Any], se
         "",
         "Does distillation improve the students (claim 1), and S1 more than S2 (claim 8)? Against the thesis's "
         "baselines (as the thesis) and, as extensions of ours, against the KD-off controls (distillation itself), "
-        "in both framings, with the kept checkpoint and with the last epoch:",
+        "in both framings, with the kept checkpoint and with the last epoch (`figures/headline_"
+        f"{setting}_claim*.png` draw each seed's paired difference per fold beside both intervals):",
         "",
         tables.to_markdown(first),
+        *headline_noise_text(runs, setting),
         "Claims of the thesis, one verdict per comparison and framing (unit: the test patient):",
         "",
         tables.to_markdown(verdicts),
         VERDICT_DEFINITIONS,
         "",
     ])
+
+
+def headline_noise_text(runs: list[dict[str, Any]], setting: str) -> list[str]:
+    """What the headline's data can and cannot say: the seed-to-seed SD of each Table 4.2
+    configuration and of each headline contrast (`claims.seed_sd`), and the seeds per fold
+    the power table says each headline row needs; in plain words, with the framing each
+    number belongs to."""
+    import pandas as pd
+
+    from . import claims, tables
+
+    summary = claims.configuration_summary(runs)
+    rows42 = experiments.grid_rows(["4.2"])
+    keys42 = {claims.label(claims.spec_of_row(r)) for r in rows42 if experiments.row_role(r) != "teacher"}
+    configs = summary[summary["label"].isin(keys42)][["label", "n_runs", "n_seeds", "n_folds", "seed_sd"]]
+    points = claims.headline_points(runs, setting)
+    contrasts = (points.groupby(["claim_id", "comparison", "role"], sort=False)["seed_sd"].first().reset_index()
+                 if len(points) else pd.DataFrame(columns=["claim_id", "comparison", "role", "seed_sd"]))
+    power = claims.power_table(runs)
+    power = power[(power["claim_id"].isin(claims.HEADLINE_CLAIMS)) & (power["setting"] == setting)]
+    power = power[["claim_id", "comparison", "role", "framing", "thesis_effect", "seeds_per_fold",
+                   "seeds_per_fold_needed", "patients_needed", "note"]]
+    return [
+        "Seed-to-seed noise (within a fold: the SD of one configuration's per-run mean per-patient Dice, or of a "
+        "contrast's per-seed paired difference, over the seeds of one fold, averaged over folds as variances). "
+        "It is what the these-patients interval weighs an effect against:",
+        "",
+        tables.to_markdown(configs.rename(columns={"label": "Table 4.2 configuration", "n_runs": "runs",
+                                                   "n_seeds": "seeds", "n_folds": "folds",
+                                                   "seed_sd": "seed SD of test Dice"})),
+        tables.to_markdown(contrasts.rename(columns={"seed_sd": "seed SD of the paired difference"})),
+        "What these runs can and cannot say: the **these-patients** verdicts speak about these test patients "
+        "only, against training noise; the **population** verdicts ask about new patients, and with "
+        "3 folds of 2 test patients no number of seeds makes that interval narrow. Seeds per fold (and patients, "
+        "for population) that 80% power at the thesis's own effect would need, from the variance components of "
+        "these runs (the power table):",
+        "",
+        tables.to_markdown(power),
+    ]
 
 
 def write_summary(publish: Path, runs: list[dict[str, Any]], claims_df, prov: dict[str, Any],

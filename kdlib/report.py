@@ -84,7 +84,8 @@ def regenerate(runs: list[dict[str, Any]], publish: Path, profile: str, data: st
         written[f"selection_{setting}"] = tables.write_table(claims.selection_table(points), folder,
                                                              f"selection_{setting}", synthetic)[1]
         if draw:
-            written.update(record_figures(mine, Path(publish), setting, profile, data, synthetic))
+            written.update(record_figures(mine, Path(publish), setting, profile, data, synthetic,
+                                          claims_df=claims_of[setting]))
     if summary_setting in claims_of:
         written["SUMMARY"] = write_summary(Path(publish), cached, claims_of[summary_setting],
                                            record_provenance(profile, data, runs), summary_setting, synthetic,
@@ -164,11 +165,13 @@ def curve_figures(runs, setting: str, split: str | None = None, synthetic: bool 
     return out
 
 
-def record_figures(runs, publish: Path, setting: str, profile: str, data: str, synthetic: bool
-                   ) -> dict[str, Path]:
+def record_figures(runs, publish: Path, setting: str, profile: str, data: str, synthetic: bool,
+                   claims_df=None) -> dict[str, Path]:
     """The figures that need the records only (no checkpoint): validation curves, Dice per
-    test patient, the training curves of fold 0 (Figures 4.1-4.8) and one forest plot per
-    teacher-student pair."""
+    test patient, the training curves of fold 0 (Figures 4.1-4.8), one forest plot per
+    teacher-student pair, and one figure per headline comparison (claims 1 and 8: each seed's
+    paired difference per fold beside both framings' intervals; `claims_df` is the claims
+    table of these runs, computed when not given)."""
     footer = _records_footer(profile, data, runs, synthetic)
     folder = Path(publish) / "figures"
     written: dict[str, Path] = {}
@@ -188,6 +191,13 @@ def record_figures(runs, publish: Path, setting: str, profile: str, data: str, s
     if len(paired):  # one forest plot per teacher-student pair, readable at page height
         for pair, fig in figures.forest_plots(paired, synthetic=synthetic).items():
             name = f"forest_dice_{setting}_{pair.replace('->', '_')}" if pair else f"forest_dice_{setting}"
+            written[name] = _save(fig, folder / f"{name}.png", footer)
+    points = claims.headline_points(runs, setting)
+    if len(points):
+        table = claims_df if claims_df is not None else claims.claims_table(runs)
+        table = table[table["setting"] == setting] if len(table) else table
+        for key, fig in figures.headline_contrasts(points, table, synthetic=synthetic).items():
+            name = f"headline_{setting}_{key}"
             written[name] = _save(fig, folder / f"{name}.png", footer)
     return written
 

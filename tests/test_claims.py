@@ -363,3 +363,33 @@ def test_a_student_inherits_its_teachers_non_convergence(study):
     by_name = {r["run_dir"].split("/")[-1]: r for r in open_teacher}
     student = next(r for r in open_teacher if r["config"].get("teacher_run") == str(t1_fold0[0]["run_dir"]))
     assert records.unsettled(student, by_name) == ["its teacher T1"]
+
+
+def test_seed_sd_is_the_within_fold_sd_of_seed_means():
+    import numpy as np
+
+    blocks = [np.array([[1.0, 1.0], [3.0, 3.0]]),  # seed means 1 and 3: variance 2
+              np.array([[0.0, 2.0], [2.0, 0.0]]),  # seed means 1 and 1: variance 0
+              np.array([[5.0, 9.0]])]              # one seed: no within-fold variance, left out
+    assert claims.seed_sd(blocks) == pytest.approx(1.0)
+    assert math.isnan(claims.seed_sd([np.array([[1.0, 2.0]])]))
+
+
+def test_headline_points_are_each_seeds_paired_difference(study, table):
+    from kdlib import figures
+
+    points = claims.headline_points(study, "corrected")
+    assert set(points["claim_id"]) == set(claims.HEADLINE_CLAIMS)
+    per_comparison = points.groupby(["comparison", "role"], sort=False)
+    assert len(per_comparison) == 6 and (per_comparison.size() == 3 * 3).all()  # 3 folds x 3 seeds
+    expected = {("KD(T1,S1) B->B+PMD − S1 baseline", claims.CLAIM): 0.06,
+                ("KD(T1,S2) B->B+PMD − S2 baseline", claims.CLAIM): 0.03,
+                ("KD(T1,S1) B->B+PMD − S1 control (KD recipe, no teacher)", claims.EXTENSION): -0.02}
+    for key_, effect in expected.items():
+        part = per_comparison.get_group(key_)
+        assert (abs(part["effect"] - effect) < 0.01).all(), key_
+        assert part["seed_sd"].iloc[0] < 0.01  # the study's seed noise is 0.001
+    figs = figures.headline_contrasts(points, table[table["setting"] == "corrected"])
+    assert list(figs) == ["claim1_1", "claim1_2", "claim1_3", "claim1_4", "claim8_1", "claim8_2"]
+    text = " ".join(t.get_text() for t in figs["claim1_1"].axes[0].get_xticklabels())
+    assert "population" in text and "these-patients" in text and "last epoch" in text
