@@ -8,7 +8,6 @@ Files shared between notebooks, all under the profile's output folder:
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path

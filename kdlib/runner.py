@@ -31,7 +31,7 @@ from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text
 from .locks import folder_lock
 from .paths import NOTEBOOKS_DIR, PROFILES_DIR, check_no_stale_records, publish_path, results_dir
-from .provenance import code_state
+from .provenance import code_state, cpu_name
 
 PARTIAL_SUFFIX = ".partial.ipynb"
 KERNEL_START_TIMEOUT_S = 180  # papermill's 60 s is too short for a kernel start on a busy machine
@@ -312,7 +312,7 @@ def invocation_record(profile: str, started: float, seconds: dict[str, float],
     return {"profile": profile, "command": f"python -m kdlib run --profile {profile}",
             **code, "started": stamp(started), "ended": stamp(ended),
             "wall_s": round(ended - started, 1), "notebooks_s": seconds,
-            "threads": choice.threads, "usable_cores": choice.cores,
+            "threads": choice.threads, "usable_cores": choice.cores, "cpu": cpu_name(),
             "busy_cores_at_start": choice.load,
             "load_average_1min": {"start": rounded(load_before), "end": rounded(threads.load_average())}}
 
@@ -328,6 +328,7 @@ def provenance_markdown(record: dict[str, Any]) -> str:
             f"- Commit: `{record['commit']}` ({clean} when it started).\n"
             f"- Started {record['started']}, ended {record['ended']}: "
             f"wall time {record['wall_s'] / 60:.1f} min ({record['wall_s']:.0f} s).\n"
+            f"- CPU: {record.get('cpu', 'not recorded')}.\n"
             f"- Threads: {record['threads']} on {record['usable_cores']} usable cores; CPU cores busy "
             f"with other work at the start: {record['busy_cores_at_start']}; 1-minute load average "
             f"{load['start']} at the start, {load['end']} at the end (this run's own threads count).\n\n"
