@@ -117,6 +117,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_notebooks
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
+    try:
+        folds = [int(f) for f in args.folds.split(",") if f.strip()] if args.folds else None
+    except ValueError:
+        raise ConfigError(f"--folds {args.folds!r} is not a comma-separated list of fold numbers", None,
+                          "e.g. --folds 0,1") from None
     if args.json and not args.plan:
         raise ConfigError("--json goes with --plan", None, "add --plan")
     if (args.executor is None) != (args.stage is None):
@@ -133,14 +138,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.plan:
         from . import plan
 
-        runs = plan.plan_runs(args.profile, data=args.data, out=args.out, only=only)
+        runs = plan.plan_runs(args.profile, data=args.data, out=args.out, only=only, folds=folds)
         if args.json:
             for run in runs:
                 print(json.dumps(run))
         else:
             print(plan.format_plan(runs, plan.load_measurements(args.measurements), args.profile))
         return 0
-    run_notebooks(profile=args.profile, data=args.data, out=args.out, only=only)
+    run_notebooks(profile=args.profile, data=args.data, out=args.out, only=only, folds=folds, reuse=args.reuse)
     return 0
 
 
@@ -207,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print every run the invocation would make (role, model, configuration, fold, "
                         "seed, epoch cap, run folder) and totals per notebook; train nothing")
     p.add_argument("--json", action="store_true", help="with --plan: one JSON object per run")
+    p.add_argument("--folds", default=None,
+                   help="comma-separated folds to train, e.g. 0,1 (default: every fold): one of two invocations "
+                        "at one commit that split a profile too long for one sitting")
+    p.add_argument("--reuse", default=None, type=Path,
+                   help="a runs folder of finished records from the other invocation of the split (e.g. its "
+                        "published figures/<profile>/runs): copied in after 01, counted in every table")
     p.add_argument("--measurements", default=None, type=Path,
                    help="with --plan: measured rates for the projected cost (a gpu_check.json; "
                         "default: benchmarks/gpu_check.json where it exists)")

@@ -8,6 +8,7 @@ Files shared between notebooks, all under the profile's output folder:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -156,17 +157,29 @@ def teacher_plan(prepared: dict[str, Any], setting: str, teachers: list[str],
     return plan
 
 
+def check_folds(folds: list[int] | None, n_folds: int) -> None:
+    """One clear error for a fold that 01 did not prepare (a typo would train nothing)."""
+    bad = sorted(set(folds or []) - set(range(n_folds)))
+    if bad:
+        raise ConfigError(f"fold(s) {bad} not prepared: notebook 01 made folds 0..{n_folds - 1}", None,
+                          f"use --folds with numbers from 0 to {n_folds - 1}")
+
+
 def teacher_configs(prepared: dict[str, Any], teachers_by_setting: dict[str, list[str]], epochs: int,
                     batch_size: int = 8, seeds: list[int] | None = None, precision: str = "fp32",
-                    **options) -> list[tuple[str, int, RunConfig]]:
-    """(setting, fold, RunConfig) of every teacher `train_teachers` trains, in its order."""
+                    folds: list[int] | None = None, **options) -> list[tuple[str, int, RunConfig]]:
+    """(setting, fold, RunConfig) of every teacher `train_teachers` trains, in its order
+    (only `folds`, when given and not empty)."""
     found = []
     for setting, teachers in teachers_by_setting.items():
         if setting not in prepared:
             raise ConfigError(f"setting {setting!r} was not prepared by 01_preprocess",
                               None, "add it to 01's `settings`")
         entry = prepared[setting]
+        check_folds(folds, len(entry["splits"]))
         for fold, split in enumerate(entry["splits"]):
+            if folds and fold not in folds:
+                continue
             for model in teachers:
                 for seed in seeds or [42]:
                     cfg = experiments.teacher_run_config(
@@ -179,15 +192,16 @@ def teacher_configs(prepared: dict[str, Any], teachers_by_setting: dict[str, lis
 
 def train_teachers(out: Path, teachers_by_setting: dict[str, list[str]], epochs: int,
                    batch_size: int = 8, seeds: list[int] | None = None, precision: str = "fp32",
-                   device: str | None = None, **options) -> dict[str, Any]:
-    """Train every teacher for every setting and fold; writes and returns `teachers.json`.
+                   device: str | None = None, folds: list[int] | None = None, **options) -> dict[str, Any]:
+    """Train every teacher for every setting and fold (only `folds`, when given and not
+    empty); writes and returns `teachers.json`.
 
     `options` go to every teacher's RunConfig, e.g. `patience`, `min_delta` (early stopping
     on validation Dice; `epochs` is then the cap), `weights_dtype`, `keep_last`."""
     prepared = load_prepared(out)
     registry: dict[str, Any] = read_json(out / TEACHERS) if (out / TEACHERS).exists() else {}
     for setting, fold, cfg in teacher_configs(prepared, teachers_by_setting, epochs, batch_size, seeds,
-                                              precision, **options):
+                                              precision, folds=folds, **options):
         run_dir = train(cfg, out / "runs", device=device)
         registry.setdefault(setting, {}).setdefault(str(fold), {})[cfg.model] = str(run_dir)
         atomic_write_json(out / TEACHERS, registry)
@@ -224,6 +238,7 @@ def row_configs(out: Path, rows: list[dict[str, Any]], setting: str, epochs: int
     from . import claims
 
     prepared = (prepared or load_prepared(out))[setting]
+    check_folds(folds, len(prepared["splits"]))
     configs, seen = [], set()
     for fold, split in enumerate(prepared["splits"]):
         if folds is not None and fold not in folds:
@@ -248,12 +263,14 @@ def row_configs(out: Path, rows: list[dict[str, Any]], setting: str, epochs: int
 
 def student_configs(out: Path, setting: str, epochs: int, seeds: list[int], precision: str = "fp32",
                     prepared: dict[str, Any] | None = None, teachers: dict[str, Any] | None = None,
-                    headline_seeds: list[int] | None = None, **overrides) -> list[RunConfig]:
-    """Notebook 03's runs: Table 4.2's rows and our KD-off controls, every fold and seed
-    (`headline_seeds` for the rows of claims 1 and 8)."""
+                    headline_seeds: list[int] | None = None, folds: list[int] | None = None,
+                    **overrides) -> list[RunConfig]:
+    """Notebook 03's runs: Table 4.2's rows and our KD-off controls, every fold (or `folds`)
+    and seed (`headline_seeds` for the rows of claims 1 and 8)."""
     rows = experiments.grid_rows(["4.2"])  # the thesis's Table 4.2 rows + our KD-off controls
     return row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
-                       prepared=prepared, teachers=teachers, headline_seeds=headline_seeds, **overrides)
+                       folds=list(folds) if folds else None, prepared=prepared, teachers=teachers,
+                       headline_seeds=headline_seeds, **overrides)
 
 
 GRIDS = ("all", "claims", "none")
@@ -263,7 +280,7 @@ def ablation_configs(out: Path, setting: str, grid: str, epochs: int, seeds: lis
                      precision: str = "fp32", grid_folds: list[int] | None = None,
                      faithful_grid: bool = True, prepared: dict[str, Any] | None = None,
                      teachers: dict[str, Any] | None = None, headline_seeds: list[int] | None = None,
-                     **overrides) -> list[RunConfig]:
+                     folds: list[int] | None = None, **overrides) -> list[RunConfig]:
     """Notebook 04's runs: the rows of Tables 4.3-4.11 (`grid`: all | claims, only the rows
     some claim compares | none) on `grid_folds` ([] or None: every fold), and with
     `faithful_grid` the T1->S1 grid (Tables 4.3, 4.6, 4.7 and 4.2's S1 rows) in the faithful
@@ -275,14 +292,16 @@ def ablation_configs(out: Path, setting: str, grid: str, epochs: int, seeds: lis
     prepared = prepared or load_prepared(out)
     rows = experiments.thesis_rows(experiments.ABLATION_TABLES)
     rows = claims.rows_claims_need(rows) if grid == "claims" else [] if grid == "none" else rows
+    chosen = [f for f in grid_folds if not folds or f in folds] if grid_folds else (list(folds) if folds else None)
     configs = row_configs(out, rows, setting, epochs=epochs, seeds=seeds, precision=precision,
-                          folds=list(grid_folds) if grid_folds else None, prepared=prepared,
-                          teachers=teachers, headline_seeds=headline_seeds, **overrides)
+                          folds=chosen, prepared=prepared, teachers=teachers, headline_seeds=headline_seeds,
+                          **overrides)
     if faithful_grid and "faithful" in prepared and setting != "faithful":
         faithful_rows = [r for r in experiments.thesis_rows(experiments.FAITHFUL_GRID_TABLES + ["4.2"])
                          if r["student"] == "S1" and r["teacher"] in ("T1", "")]
         configs += row_configs(out, faithful_rows, "faithful", epochs=epochs, seeds=seeds,
-                               precision=precision, prepared=prepared, teachers=teachers, **overrides)
+                               precision=precision, folds=list(folds) if folds else None, prepared=prepared,
+                               teachers=teachers, **overrides)
     return configs
 
 
@@ -441,6 +460,90 @@ def publish_runs(out: Path, publish: Path) -> Path:
     return target
 
 
+RECORD_LIMIT = 64 * 2**20  # bytes per record file: a run's records are kilobytes; anything larger is refused
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether a run folder holds its kept weights (a run reused as records only does not: the
+    figures that need its masks are drawn by the invocation that trained it)."""
+    return (Path(run_dir) / "checkpoints" / "best.pt").is_file()
+
+
+def reuse_records(source: str | Path, out: Path) -> dict[str, Any]:
+    """Copy the finished run records of another invocation of the same profile at the same
+    commit (a runs folder: e.g. the published `runs/` of the first of two invocations that
+    split a profile's folds) into `<out>/runs`, so that this invocation's tables and claims
+    count them and its notebooks skip them as finished. Records only (config.json,
+    history.csv, metrics.json): a reused run has no checkpoint, so figures that need one are
+    drawn by the invocation that trained it.
+
+    A run folder already in `<out>/runs` is never overwritten; a folder whose records are
+    incomplete, not regular files or larger than RECORD_LIMIT is refused with one error. The
+    records must come from the data this folder prepared (same `DATA.json` facts, when both
+    have them), since tables would otherwise mix two data sets. Returns what was reused: the
+    source, the runs copied and kept, and the commits they were trained at."""
+    from .io import atomic_write_bytes
+    from .train import RunConfig, read_metrics
+
+    source = Path(source)
+    if not source.is_dir():
+        raise KdlibError("no runs folder to reuse", source,
+                         "give the first invocation's runs folder (e.g. figures/real-mini/runs of its publication)")
+    facts = source / DATA_FACTS
+    if facts.exists() and (out / PREPARED).exists():
+        theirs, ours = read_json(facts), data_facts(out)
+        if theirs != ours:
+            raise KdlibError("the runs to reuse were trained on other data than this folder prepared", facts,
+                             "reuse records of the same profile, data and commit only")
+    target = out / "runs"
+    copied, kept, commits = [], [], set()
+    for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.is_symlink()):
+        files = {name: folder / name for name in RECORD_FILES}
+        bad = [n for n, f in files.items() if f.exists() and (f.is_symlink() or not f.is_file()
+                                                               or f.stat().st_size > RECORD_LIMIT)]
+        if bad or read_metrics(folder) is None or not files["config.json"].is_file():
+            raise KdlibError(f"run records that cannot be reused ({', '.join(bad) or 'incomplete or invalid'})",
+                             folder, "reuse only the finished records that `kdlib run` published")
+        config = read_json(files["config.json"])
+        RunConfig.from_dict(config, where=files["config.json"])  # a valid configuration, or one clear error
+        commits.add(str((config.get("provenance") or {}).get("commit", "unknown")))
+        if (target / folder.name).exists():
+            kept.append(folder.name)
+            continue
+        staging = target / f".{folder.name}.reusing"
+        shutil.rmtree(staging, ignore_errors=True)
+        for name, path in files.items():
+            if path.exists():
+                atomic_write_bytes(staging / name, path.read_bytes())
+        staging.rename(target / folder.name)  # the whole folder appears at once, or not at all
+        copied.append(folder.name)
+    return {"source": str(source), "copied": len(copied), "already_here": len(kept),
+            "trained_at": sorted(commits)}
+
+
+def adopt_publication(first: str | Path, publish: Path) -> list[str]:
+    """Complete the second invocation's publication with what only the first could make: its
+    figures that need checkpoints (fold 0's qualitative panels), its published students, and
+    its provenance records (`invocation-folds-*.json`, `PROVENANCE-folds-*.md`). `first` is
+    the first invocation's publication folder (the parent of the runs folder reused). Files
+    already in `publish` (tables, SUMMARY.md and every figure the second invocation drew
+    from all records) are never overwritten. Returns the files copied, relative to `publish`."""
+    from .io import atomic_write_bytes
+
+    first, copied = Path(first), []
+    wanted = [*sorted((first / "figures").glob("*.png")), *sorted(first.glob("invocation-folds-*.json")),
+              *sorted(first.glob("PROVENANCE-folds-*.md")),
+              *sorted(p for p in (first / "models").rglob("*") if p.is_file())]
+    for path in wanted:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > RECORD_LIMIT:
+            continue
+        relative = path.relative_to(first)
+        if not (publish / relative).exists():
+            atomic_write_bytes(publish / relative, path.read_bytes())
+            copied.append(str(relative))
+    return copied
+
+
 PREPROCESSING = "preprocessing.json"  # a published model's copy of its cache manifest
 STUDENT_ROLES = ("baseline", "control", "kd")
 
@@ -450,11 +553,13 @@ def publish_models(out: Path, publish: Path, roles: tuple[str, ...] = STUDENT_RO
     `<publish>/models/<run folder>/`: their records, `checkpoints/best.pt` (weights only,
     loadable with weights_only=True) and `preprocessing.json` (the cache manifest they were
     trained on, which `predict` reads when the cache itself is absent). Students are small
-    (S1 about 0.12 MB, S2 about 0.46 MB in fp16); teachers are never published."""
+    (S1 about 0.12 MB, S2 about 0.46 MB in fp16); teachers are never published. Runs reused
+    as records only (`reuse_records`) have no weights: the invocation that trained them
+    published them."""
     from .train import load_runs
 
     target = publish / "models"
-    runs = [r for r in load_runs(out / "runs") if r["config"].get("role") in roles]
+    runs = [r for r in load_runs(out / "runs") if r["config"].get("role") in roles and has_checkpoint(r["run_dir"])]
     first_seed = {}
     for run in runs:
         key = (run["config"]["name"], run["config"]["split"], run["config"]["setting"])
@@ -667,8 +772,8 @@ def headline_noise_text(runs: list[dict[str, Any]], setting: str) -> list[str]:
                                                    "seed_sd": "seed SD of test Dice"})),
         tables.to_markdown(contrasts.rename(columns={"seed_sd": "seed SD of the paired difference"})),
         "What these runs can and cannot say: the **these-patients** verdicts speak about these test patients "
-        "only, against training noise; the **population** verdicts ask about new patients, and with "
-        "3 folds of 2 test patients no number of seeds makes that interval narrow. Seeds per fold (and patients, "
+        "only, against training noise; the **population** verdicts ask about new patients, and that interval's "
+        "width is set by the number of folds and test patients, which no number of seeds can replace. Seeds per fold (and patients, "
         "for population) that 80% power at the thesis's own effect would need, from the variance components of "
         "these runs (the power table):",
         "",

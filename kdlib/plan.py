@@ -31,8 +31,8 @@ TRAINING_NOTEBOOKS = ("02_teacher", "03_student", "04_ablations")
 
 
 def invocation_parameters(profile: str, data: str | None = None, out: str | Path | None = None,
-                          notebooks_dir: Path = NOTEBOOKS_DIR, profiles_dir: Path = PROFILES_DIR
-                          ) -> tuple[Path, dict[str, dict[str, Any]]]:
+                          notebooks_dir: Path = NOTEBOOKS_DIR, profiles_dir: Path = PROFILES_DIR,
+                          folds: list[int] | None = None) -> tuple[Path, dict[str, dict[str, Any]]]:
     """The output folder and, per notebook, the parameters it would run with: its defaults
     updated with what the runner injects (`runner.notebook_parameters`, which also checks
     every profile key against the notebooks)."""
@@ -41,7 +41,7 @@ def invocation_parameters(profile: str, data: str | None = None, out: str | Path
     out_dir = results_dir(profile, out)
     notebooks = runner.list_notebooks(notebooks_dir)
     injected = runner.notebook_parameters(runner.load_profile(profile, profiles_dir), notebooks,
-                                          profile, data, out_dir)
+                                          profile, data, out_dir, folds)
     return out_dir, {nb.stem: {**notebook_defaults(nb), **injected[nb.stem]} for nb in notebooks}
 
 
@@ -57,14 +57,15 @@ def _subset_share(p01: dict[str, Any], setting: str, subset: str) -> float:
 
 def plan_runs(profile: str, data: str | None = None, out: str | Path | None = None,
               only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
-              profiles_dir: Path = PROFILES_DIR) -> list[dict[str, Any]]:
-    """One dict per run the invocation would make (see the module docstring)."""
-    return enumerate_runs(profile, data, out, only, notebooks_dir, profiles_dir)["runs"]
+              profiles_dir: Path = PROFILES_DIR, folds: list[int] | None = None) -> list[dict[str, Any]]:
+    """One dict per run the invocation would make (see the module docstring); `folds`: of
+    an invocation that trains only those folds (`--folds`)."""
+    return enumerate_runs(profile, data, out, only, notebooks_dir, profiles_dir, folds)["runs"]
 
 
 def enumerate_runs(profile: str, data: str | None = None, out: str | Path | None = None,
                    only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
-                   profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+                   profiles_dir: Path = PROFILES_DIR, folds: list[int] | None = None) -> dict[str, Any]:
     """`plan_runs`'s runs (`runs`), with the RunConfig behind each (`configs`, same order), the
     results folder (`out`), whether the data is prepared (`known`) and the teacher registry
     notebook 02 would write (`registry`): what `kdlib.executor` submits."""
@@ -73,7 +74,7 @@ def enumerate_runs(profile: str, data: str | None = None, out: str | Path | None
     from .io import read_json
     from .train import is_finished
 
-    out_dir, params = invocation_parameters(profile, data, out, notebooks_dir, profiles_dir)
+    out_dir, params = invocation_parameters(profile, data, out, notebooks_dir, profiles_dir, folds)
     stems = [s for s in params if not only or any(s.startswith(p) for p in only)]
     p01 = params["01_preprocess"]
     if "01_preprocess" not in stems and (out_dir / pipeline.PREPARED).exists():
@@ -100,7 +101,8 @@ def enumerate_runs(profile: str, data: str | None = None, out: str | Path | None
     teachers = pipeline.teacher_configs(
         layout, teacher_plan, epochs=p02["epochs"], batch_size=p02["batch_size"], precision=p02["precision"],
         patience=p02["patience"], min_delta=p02["min_delta"], min_epochs=p02["min_epochs"],
-        keep_last=p02["keep_last"], select_on=p02["select_on"], smooth=p02["smooth"], warmup=p02["warmup"])
+        keep_last=p02["keep_last"], select_on=p02["select_on"], smooth=p02["smooth"], warmup=p02["warmup"],
+        folds=p02["train_folds"])
     registry: dict[str, Any] = read_json(out_dir / pipeline.TEACHERS) if (out_dir / pipeline.TEACHERS).exists() else {}
     teacher_model_of: dict[str, str] = {}
     for setting, fold, cfg in teachers:
@@ -118,13 +120,13 @@ def enumerate_runs(profile: str, data: str | None = None, out: str | Path | None
         p = params["03_student"]
         by_notebook["03_student"] = pipeline.student_configs(
             out_dir, p["setting"], epochs=p["epochs"], seeds=p["seeds"], precision=p["precision"],
-            headline_seeds=p["headline_seeds"], prepared=layout, teachers=registry,
+            headline_seeds=p["headline_seeds"], folds=p["train_folds"], prepared=layout, teachers=registry,
             **{k: p[k] for k in student_options})
     if "04_ablations" in stems:
         p = params["04_ablations"]
         by_notebook["04_ablations"] = pipeline.ablation_configs(
             out_dir, p["setting"], p["grid"], epochs=p["epochs"], seeds=p["seeds"], precision=p["precision"],
-            headline_seeds=p["headline_seeds"], grid_folds=p["grid_folds"], faithful_grid=p["faithful_grid"], prepared=layout, teachers=registry,
+            headline_seeds=p["headline_seeds"], grid_folds=p["grid_folds"], folds=p["train_folds"], faithful_grid=p["faithful_grid"], prepared=layout, teachers=registry,
             **{k: p[k] for k in student_options})
 
     planned, first_in, cfgs = [], {}, []

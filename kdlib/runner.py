@@ -90,12 +90,15 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
 
 
 def notebook_parameters(profile: dict[str, Any], notebooks: list[Path], profile_name: str,
-                        data: str | None, out: Path) -> dict[str, dict[str, Any]]:
-    """Parameters for each notebook, with every profile key checked against the notebooks."""
+                        data: str | None, out: Path, folds: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Parameters for each notebook, with every profile key checked against the notebooks.
+    `folds` (`--folds`): the folds this invocation trains (`train_folds` of 02-04)."""
     common = dict(profile.get("common") or {})
     common.update(profile=profile_name, out_dir=str(out))
     if data is not None:
         common["data"] = data
+    if folds:
+        common["train_folds"] = sorted(set(int(f) for f in folds))
     declared = {nb.stem: set(declared_parameters(nb)) for nb in notebooks}
     known_sections = {"common", *declared}
     for key in profile:
@@ -237,10 +240,18 @@ def _remove_partials(executed_dir: Path) -> None:
 
 def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Path | None = None,
                   only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
-                  profiles_dir: Path = PROFILES_DIR) -> list[Path]:
+                  profiles_dir: Path = PROFILES_DIR, folds: list[int] | None = None,
+                  reuse: str | Path | None = None) -> list[Path]:
     """Execute the notebooks in order; stop at the first failure, naming notebook and cell.
 
     One run per output folder at a time: a second one fails at once naming the first's PID.
+
+    A profile too long for one sitting runs as two invocations at one commit that split its
+    folds (issue 21): `folds` trains only those folds (every fold's records still count in the
+    tables), and `reuse` (the first invocation's published `runs/`) copies that invocation's
+    finished records in after notebook 01, so the second one's tables and claims cover every
+    fold and its teachers' records are shared by run identity (`pipeline.reuse_records`). Each
+    writes its own `invocation-folds-<folds>.json` and `PROVENANCE-folds-<folds>.md`.
     """
     out_dir = results_dir(profile, out)
     all_notebooks = notebooks = list_notebooks(notebooks_dir)
@@ -254,7 +265,10 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
         notebooks = chosen
     # parameters are checked against every notebook, so --only does not hide a typo
     params = notebook_parameters(load_profile(profile, profiles_dir), all_notebooks, profile, data,
-                                 out_dir)
+                                 out_dir, folds)
+    if reuse is not None and not Path(reuse).is_dir():
+        raise KdlibError("no runs folder to reuse", reuse,
+                         "give the first invocation's runs folder (e.g. figures/real-mini/runs of its publication)")
     if out_dir.exists() and not out_dir.is_dir():
         raise KdlibError("the output folder is a file", out_dir, "choose a folder for --out")
     if _publish_dir(params) is not None and (gaps := defaulted_at_scale(params, all_notebooks)):
@@ -279,8 +293,16 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
         # the code as it was when the run began: notebook 05 rewrites the README's results
         # section, so a check at the end would call every publishing run's tree unclean
         started_all, load_before, code = time.time(), threads.load_average(), code_state()
+        reused = None
         with _environment(kernel_env):
             for i, nb in enumerate(notebooks, 1):
+                if reuse is not None and reused is None and not nb.stem.startswith("01"):
+                    from .pipeline import reuse_records  # after 01: the data it prepared is checked
+
+                    reused = reuse_records(reuse, out_dir)
+                    print(f"reused {reused['copied']} finished runs' records from {reuse} "
+                          f"({reused['already_here']} already here; trained at {', '.join(reused['trained_at'])})",
+                          flush=True)
                 target = executed_dir / nb.name
                 print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
                 started = time.time()
@@ -291,6 +313,17 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
                 written.append(target)
         if notebooks == all_notebooks:
             record = invocation_record(profile, started_all, seconds, choice, load_before, code)
+            if reuse is not None and _publish_dir(params) is not None:
+                from .pipeline import adopt_publication  # the first part's checkpoint figures and students
+
+                adopted = adopt_publication(Path(reuse).parent, _publish_dir(params))
+                if reused is not None:
+                    reused["adopted_files"] = len(adopted)
+                print(f"adopted {len(adopted)} files of the first invocation's publication", flush=True)
+            if folds:
+                record.update(train_folds=params["02_teacher"].get("train_folds", sorted(folds)), reused=reused)
+                record["command"] += f" --folds {','.join(str(f) for f in record['train_folds'])}" + \
+                    (f" --reuse {reuse}" if reuse is not None else "")
             write_invocation(record, out_dir, _publish_dir(params))
     print(f"all {len(notebooks)} notebooks done in {time.time() - started_all:.1f} s; outputs in {out_dir}")
     return written
@@ -329,15 +362,21 @@ def provenance_markdown(record: dict[str, Any]) -> str:
             f"- Started {record['started']}, ended {record['ended']}: "
             f"wall time {record['wall_s'] / 60:.1f} min ({record['wall_s']:.0f} s).\n"
             f"- CPU: {record.get('cpu', 'not recorded')}.\n"
-            f"- Threads: {record['threads']} on {record['usable_cores']} usable cores; CPU cores busy "
+            + (f"- Folds trained: {record['train_folds']} (one of two invocations that split the profile's "
+               f"folds); records reused: {record.get('reused') or 'none'}.\n" if record.get("train_folds") else "")
+            + f"- Threads: {record['threads']} on {record['usable_cores']} usable cores; CPU cores busy "
             f"with other work at the start: {record['busy_cores_at_start']}; 1-minute load average "
             f"{load['start']} at the start, {load['end']} at the end (this run's own threads count).\n\n"
             f"| notebook | seconds |\n|---|---|\n{rows}\n")
 
 
 def write_invocation(record: dict[str, Any], out_dir: Path, publish_dir: Path | None) -> None:
-    atomic_write_json(out_dir / "invocation.json", record)
+    """invocation.json and PROVENANCE.md; an invocation of some folds (`--folds`) writes
+    `invocation-folds-<f>.json` and `PROVENANCE-folds-<f>.md`, so the two invocations that
+    split a profile keep both records side by side in one published folder."""
+    suffix = "-folds-" + "-".join(str(f) for f in record["train_folds"]) if record.get("train_folds") else ""
+    atomic_write_json(out_dir / f"invocation{suffix}.json", record)
     if publish_dir is not None:
         publish_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(publish_dir / "invocation.json", record)
-        atomic_write_text(publish_dir / "PROVENANCE.md", provenance_markdown(record))
+        atomic_write_json(publish_dir / f"invocation{suffix}.json", record)
+        atomic_write_text(publish_dir / f"PROVENANCE{suffix}.md", provenance_markdown(record))

@@ -53,6 +53,7 @@ batch_size: int = 8
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16), fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
 publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
+train_folds: list = []  # [] -> every fold prepared by 01; e.g. [2]: the second of two invocations that split the folds
 n_examples: int = 4  # slices in the qualitative figures
 
 # %%
@@ -73,7 +74,7 @@ plan = pipeline.teacher_plan(prepared, setting, teachers, faithful_teachers)
 print("training plan:", plan, "| folds:", len(prepared[setting]["splits"]))
 
 # %%
-registry = pipeline.train_teachers(out, plan, epochs=epochs, batch_size=batch_size,
+registry = pipeline.train_teachers(out, plan, epochs=epochs, batch_size=batch_size, folds=train_folds,
                                    precision=precision, device=device or None, patience=patience,
                                    min_delta=min_delta, min_epochs=min_epochs, keep_last=keep_last,
                                    select_on=select_on, smooth=smooth, warmup=warmup)
@@ -105,7 +106,7 @@ display(pd.DataFrame(rows))
 # ## Figure 4.1: training and validation curves (segmentation and reconstruction), fold 0
 
 # %%
-fold0 = registry[setting]["0"]
+fold0 = registry.get(setting, {}).get("0", {})  # empty when this invocation trains other folds (`train_folds`)
 stem = f"fig4_1_teacher_curves_{setting}"  # drawn as `kdlib report` draws it, from the run records
 for stem, fig in report.curve_figures(train.load_runs(out / "runs"), setting, prepared[setting]["splits"][0],
                                       synthetic=synthetic, only=(stem,)).items():
@@ -119,15 +120,18 @@ for stem, fig in report.curve_figures(train.load_runs(out / "runs"), setting, pr
 cache = SliceCache.load(prepared[setting]["cache"])
 test_idx = load_split(prepared[setting]["splits"][0])["test"]
 images, truths = cache.images[test_idx], cache.masks[test_idx] > 127
-outputs = {model: train.infer(fold0[model], images, device=device or None) for model in teachers}
-chosen, rule = figures.choose_slices(truths, outputs[teachers[0]]["mask"], n_examples)
-print("slice rule:", rule)
-multi_task = [m for m in teachers if "recon" in outputs[m]]
-if multi_task:
-    fig = figures.reconstruction_panel(images[chosen], {m: outputs[m]["recon"][chosen] for m in multi_task}, n_examples)
-    figures.save_figure(fig, publish / "figures" / f"fig4_9_reconstructions_{setting}.png", prov)
-fig = figures.qualitative_panel(images[chosen], truths[chosen], {m: outputs[m]["mask"][chosen] for m in teachers})
-figures.save_figure(fig, publish / "figures" / f"fig4_10_teacher_segmentations_{setting}.png", prov)
+if all(m in fold0 and pipeline.has_checkpoint(fold0[m]) for m in teachers):
+    outputs = {model: train.infer(fold0[model], images, device=device or None) for model in teachers}
+    chosen, rule = figures.choose_slices(truths, outputs[teachers[0]]["mask"], n_examples)
+    print("slice rule:", rule)
+    multi_task = [m for m in teachers if "recon" in outputs[m]]
+    if multi_task:
+        fig = figures.reconstruction_panel(images[chosen], {m: outputs[m]["recon"][chosen] for m in multi_task}, n_examples)
+        figures.save_figure(fig, publish / "figures" / f"fig4_9_reconstructions_{setting}.png", prov)
+    fig = figures.qualitative_panel(images[chosen], truths[chosen], {m: outputs[m]["mask"][chosen] for m in teachers})
+    figures.save_figure(fig, publish / "figures" / f"fig4_10_teacher_segmentations_{setting}.png", prov)
+else:
+    print("Figures 4.9 and 4.10 need fold 0's teacher checkpoints: drawn by the invocation that trained fold 0")
 
 # %% [markdown]
 # ## Table 4.1: teachers, the thesis's numbers beside ours

@@ -51,6 +51,7 @@ keep_last: bool = False  # keep each run's last state (optimiser included) so th
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
 publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
+train_folds: list = []  # [] -> every fold prepared by 01; e.g. [2]: the second of two invocations that split the folds
 n_examples: int = 4  # slices in each qualitative panel
 
 # %%
@@ -68,7 +69,7 @@ publish = pipeline.publish_folder(out, publish_dir)
 prepared = pipeline.load_prepared(out)
 synthetic = prepared[setting]["synthetic"]
 # the thesis's Table 4.2 rows + our KD-off controls, every fold and seed (as `--plan` lists them)
-configs = pipeline.student_configs(out, setting, epochs=epochs, seeds=seeds, headline_seeds=headline_seeds, precision=precision,
+configs = pipeline.student_configs(out, setting, epochs=epochs, seeds=seeds, headline_seeds=headline_seeds, folds=train_folds, precision=precision,
                                    patience=patience, min_epochs=min_epochs, select_on=select_on, smooth=smooth, warmup=warmup,
                                    keep_last=keep_last)
 
@@ -94,20 +95,23 @@ for stem, fig in report.curve_figures(runs, setting, fold0_split, synthetic=synt
 cache = SliceCache.load(prepared[setting]["cache"])
 test_idx = load_split(fold0_split)["test"]
 images, truths = cache.images[test_idx], cache.masks[test_idx] > 127
-teachers = pipeline.teacher_runs(out, setting, 0)
-masks = {name: train.infer(d, images, device=device or None)["mask"] for name, d in fold0.items()}
-masks.update({f"Teacher {t}": train.infer(d, images, device=device or None)["mask"] for t, d in teachers.items()})
-base_name = {"S1": "S1 baseline", "S2": "S2 baseline"}
-chosen, rule = figures.choose_slices(truths, masks["S1 baseline"], n_examples)
-print("slice rule:", rule)
-for number, (teacher, student) in zip(range(11, 15), [("T1", "S1"), ("T1", "S2"), ("T2", "S1"), ("T2", "S2")]):
-    kd_name = next((n for n in fold0 if n.startswith(f"KD({teacher},{student})")), None)
-    if kd_name is None or f"Teacher {teacher}" not in masks:
-        continue
-    panel = {f"Teacher {teacher}": masks[f"Teacher {teacher}"][chosen],
-             f"Student {student}": masks[base_name[student]][chosen], kd_name: masks[kd_name][chosen]}
-    fig = figures.qualitative_panel(images[chosen], truths[chosen], panel)
-    figures.save_figure(fig, publish / "figures" / f"fig4_{number}_{teacher}_{student}_{setting}.png", prov)
+teachers = pipeline.teacher_runs(out, setting, 0) if fold0 else {}
+if "S1 baseline" in fold0 and all(pipeline.has_checkpoint(d) for d in [*fold0.values(), *teachers.values()]):
+    masks = {name: train.infer(d, images, device=device or None)["mask"] for name, d in fold0.items()}
+    masks.update({f"Teacher {t}": train.infer(d, images, device=device or None)["mask"] for t, d in teachers.items()})
+    base_name = {"S1": "S1 baseline", "S2": "S2 baseline"}
+    chosen, rule = figures.choose_slices(truths, masks["S1 baseline"], n_examples)
+    print("slice rule:", rule)
+    for number, (teacher, student) in zip(range(11, 15), [("T1", "S1"), ("T1", "S2"), ("T2", "S1"), ("T2", "S2")]):
+        kd_name = next((n for n in fold0 if n.startswith(f"KD({teacher},{student})")), None)
+        if kd_name is None or f"Teacher {teacher}" not in masks:
+            continue
+        panel = {f"Teacher {teacher}": masks[f"Teacher {teacher}"][chosen],
+                 f"Student {student}": masks[base_name[student]][chosen], kd_name: masks[kd_name][chosen]}
+        fig = figures.qualitative_panel(images[chosen], truths[chosen], panel)
+        figures.save_figure(fig, publish / "figures" / f"fig4_{number}_{teacher}_{student}_{setting}.png", prov)
+else:
+    print("Figures 4.11-4.14 need fold 0's checkpoints: drawn by the invocation that trained fold 0")
 
 # %% [markdown]
 # ## Table 4.2: students with and without distillation, the thesis's numbers beside ours

@@ -48,6 +48,7 @@ grid_folds: list = []  # [] -> every fold prepared by 01; e.g. [0] to run the gr
 precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
 device: str = ""  # "" -> cuda if available else cpu
 publish_dir: str = ""  # "" -> tables/figures under out_dir; real-mini: figures/real-mini
+train_folds: list = []  # [] -> every fold prepared by 01 (within grid_folds); e.g. [2]: the second of two invocations that split the folds
 n_examples: int = 4  # slices in each qualitative figure
 
 # %%
@@ -67,7 +68,7 @@ synthetic = prepared[setting]["synthetic"]
 # the rows of Tables 4.3-4.11 that `grid` selects, and the faithful T1->S1 grid (as `--plan` lists them)
 configs = pipeline.ablation_configs(out, setting, grid, epochs=epochs, seeds=seeds, headline_seeds=headline_seeds,
                                     precision=precision,
-                                    grid_folds=grid_folds, faithful_grid=faithful_grid, patience=patience,
+                                    grid_folds=grid_folds, folds=train_folds, faithful_grid=faithful_grid, patience=patience,
                                     min_epochs=min_epochs, select_on=select_on, smooth=smooth, warmup=warmup,
                                     keep_last=keep_last)
 print(len(configs), "configurations")
@@ -107,7 +108,8 @@ images, truths = cache.images[test_idx], cache.masks[test_idx] > 127
 
 
 def row_mask(table_id, label):
-    found = experiments.runs_for_row(experiments.find_row(table_id, label), runs, setting, fold0_split)
+    found = [r for r in experiments.runs_for_row(experiments.find_row(table_id, label), runs, setting, fold0_split)
+             if pipeline.has_checkpoint(r["run_dir"])]  # records reused from another invocation have none
     return train.infer(found[0]["run_dir"], images, device=device or None)["mask"] if found else None
 
 

@@ -169,7 +169,8 @@ images, truths = cache.images[test_idx], cache.masks[test_idx] > 127
 shown = {}
 local_runs = [r for r in train.load_runs(out / "runs") if r["config"]["setting"] == setting]
 for row in experiments.grid_rows(["4.1", "4.2"]):
-    found = experiments.runs_for_row(row, local_runs, setting, fold0_split)
+    found = [r for r in experiments.runs_for_row(row, local_runs, setting, fold0_split)
+             if pipeline.has_checkpoint(r["run_dir"])]  # records reused from another invocation have none
     if found:
         shown[row["row"]] = train.infer(found[0]["run_dir"], images, device=device or None)["mask"]
 viewer.mask_viewer(images, truths, shown, case_ids=list(cache.case_ids[test_idx]))
