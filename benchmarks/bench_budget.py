@@ -4,6 +4,7 @@ the same configuration (name and data subset; the same fold where it was recorde
 fold), summed per notebook. Configurations never recorded are counted and listed, not guessed.
 
     python benchmarks/bench_budget.py --profile real-mini --records figures/real-mini/runs
+    python benchmarks/bench_budget.py --profile real-mini --records figures/real-mini/runs --folds 0,1
 
 The records carry the engine, stopping rule and machine they were made with: the sum is the
 cost at *their* rates, and the machine they ran on is printed beside it. Compare it with a
@@ -37,9 +38,9 @@ def recorded_seconds(records: Path) -> dict[tuple, list[float]]:
     return seconds
 
 
-def budget(profile: str, records: Path) -> dict:
+def budget(profile: str, records: Path, folds: list[int] | None = None) -> dict:
     seconds = recorded_seconds(records)
-    runs = [r for r in plan.plan_runs(profile) if not r["shared_with"]]
+    runs = [r for r in plan.plan_runs(profile, folds=folds) if not r["shared_with"]]
     per_notebook: dict[str, dict] = defaultdict(lambda: {"runs": 0, "seconds": 0.0, "unrecorded": 0})
     unrecorded = set()
     for r in runs:
@@ -68,15 +69,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="real-mini")
     parser.add_argument("--records", type=Path, required=True, help="a runs folder with finished runs")
+    parser.add_argument("--folds", default=None, help="e.g. 0,1: one part of an invocation split by folds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = budget(args.profile, args.records)
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    result = budget(args.profile, args.records, folds)
     result["records"] = str(args.records)
     result["record_machines"] = machines(args.records)
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"profile {args.profile}, at the rates of {args.records} ({'; '.join(result['record_machines'])}):")
+    print(f"profile {args.profile}{f' --folds {args.folds}' if folds else ''}, at the rates of {args.records} ({'; '.join(result['record_machines'])}):")
     for stem, row in result["per_notebook"].items():
         print(f"  {stem}: {row['runs']} runs, {row['seconds'] / 60:.1f} min"
               + (f" ({row['unrecorded']} runs of configurations never recorded, not counted)"
