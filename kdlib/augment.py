@@ -13,8 +13,13 @@ whatever else the run draws, and a run without augmentation draws nothing):
 - **intensity and contrast**: contrast x0.8-1.2 about the image's mean, brightness +-0.1 (of
   the 0..1 range), clipped to 0..1: another scanner's noise and calibration, roughly.
 
-A distilled run cannot augment: its teacher's outputs are computed once, on the slices as
-given (`train.teacher_outputs`), and would no longer match the student's input.
+A distilled run augments with the part of the policy its cached teacher can follow
+(`kd_augment_batch`): the teacher's outputs are computed once, for each of the 8 orientations
+of every training slice (`train.teacher_outputs(..., orientations=True)`: 8 times the memory of
+the plain cache), so the student's orientation draw picks the teacher outputs of that same
+orientation; the intensity jitter is the student's alone (the teacher saw the clean slice, as
+a teacher whose outputs are the target should); zoom and small rotations are left out, since
+no finite cache can follow them.
 """
 from __future__ import annotations
 
@@ -63,11 +68,9 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, device
     return (torch.rand(n, generator=generator) * (high - low) + low).to(device)
 
 
-def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image (B, C, H, W) in 0..1 with C equal channels, mask (B, 1, H, W) in {0, 1}) ->
-    both augmented alike; the image keeps its memory format. Draws come from `generator`
-    (a CPU generator), so the result does not depend on the device."""
+def _oriented(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator):
+    """The grey channel and the mask of a batch, each image in an orientation drawn uniformly
+    from the 8; also the ops drawn and the image's memory format and channel count."""
     n, channels, height, width = image.shape
     if height != width:
         raise ValueError("augmentation needs square slices (quarter turns keep the shape)")
@@ -77,6 +80,36 @@ def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Gene
     ops = torch.randint(0, 8, (n,), generator=generator).tolist()
     grey = torch.stack([dihedral(g, op) for g, op in zip(grey, ops)])
     mask = torch.stack([dihedral(m, op) for m, op in zip(mask, ops)])
+    return grey, mask, ops, memory_format, channels
+
+
+def _jittered(grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Contrast about each image's mean and brightness, clipped to 0..1."""
+    n = grey.shape[0]
+    contrast = _uniform(n, *CONTRAST, generator, grey.device).view(n, 1, 1, 1)
+    brightness = _uniform(n, -BRIGHTNESS, BRIGHTNESS, generator, grey.device).view(n, 1, 1, 1)
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    return ((grey - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+
+
+def kd_augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A distilled run's augmentation: each image and mask in one of the 8 orientations and
+    the intensity jitter, no zoom or rotation by small angles. Returns (image, mask, ops): `ops`
+    (B,) says which orientation each image took, to pick the teacher's outputs for it."""
+    grey, mask, ops, memory_format, channels = _oriented(image, mask, generator)
+    grey = _jittered(grey, generator)
+    out = grey.to(image.dtype).expand(-1, channels, -1, -1).contiguous(memory_format=memory_format)
+    return out, mask, torch.tensor(ops, dtype=torch.long)
+
+
+def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (B, C, H, W) in 0..1 with C equal channels, mask (B, 1, H, W) in {0, 1}) ->
+    both augmented alike; the image keeps its memory format. Draws come from `generator`
+    (a CPU generator), so the result does not depend on the device."""
+    grey, mask, ops, memory_format, channels = _oriented(image, mask, generator)
+    n = grey.shape[0]
 
     scale = _uniform(n, *SCALE, generator, image.device)
     angle = _uniform(n, -MAX_DEGREES, MAX_DEGREES, generator, image.device) * (math.pi / 180.0)
@@ -88,9 +121,6 @@ def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Gene
     mask = (F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False) > 0.5).float()
 
-    contrast = _uniform(n, *CONTRAST, generator, image.device).view(n, 1, 1, 1)
-    brightness = _uniform(n, -BRIGHTNESS, BRIGHTNESS, generator, image.device).view(n, 1, 1, 1)
-    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
-    grey = ((grey - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    grey = _jittered(grey, generator)
     out = grey.to(image.dtype).expand(-1, channels, -1, -1).contiguous(memory_format=memory_format)
     return out, mask

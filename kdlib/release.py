@@ -20,8 +20,10 @@ model on slices it was selected on. Its own record's "test" slices are a second 
 share of the training patients' slices (neighbours of slices it trained on: optimistic,
 reported as such).
 
-A distilled release student is not made: its teacher's outputs are computed once on the
-slices as given, so a distilled run cannot augment (`RunConfig`), and in the published
+A distilled release student is not made yet. Since issue 19's last step a distilled run can
+augment (its teacher's outputs are cached for each of the 8 orientations, `kdlib.augment`), but
+releasing one needs a teacher trained on the six patients and one per cross-validation fold for
+its expected Dice: hours of T1 training on a 2-core CPU. In the published real-mini
 cross-validation no distilled student beat its KD-off control.
 
 Every step resumes: runs are `kdlib.train` runs (a finished one is never trained again), and
@@ -515,8 +517,9 @@ only; `preprocessing.json`), with `model.onnx` and its model card. Numbers: `rel
 |---|---|---|---|---|---|---|
 {rows}
 
-No distilled student is released: a distilled run cannot augment (its teacher's outputs are computed once, on the
-slices as given), and in the published real-mini cross-validation no distilled student beat its KD-off control.
+No distilled student is released: that needs a teacher trained on all six patients and one per cross-validation fold
+(a distilled run augments from the teacher's outputs cached for each orientation), and in the published real-mini
+cross-validation no distilled student beat its KD-off control.
 
 ![Dice per orientation](orientations.png)
 """

@@ -51,6 +51,7 @@ import functools
 import io
 import json
 import math
+import os
 import random
 import re
 import time
@@ -63,7 +64,7 @@ import numpy as np
 import torch
 
 from . import losses, metrics, models
-from .augment import augment_batch, dihedral_mean
+from .augment import augment_batch, dihedral, dihedral_mean, kd_augment_batch
 from .data import SliceCache, load_split, split_fingerprint
 from .data.splits import check_split
 from .errors import ConfigError, KdlibError, KdlibWarning
@@ -135,7 +136,7 @@ class RunConfig:
     checkpoint_seconds: float = 60.0  # write last.pt at the first epoch end this long after the
                                    # last write, and always at the last epoch; 0 = every epoch
     augment: bool = False          # kdlib.augment's policy on every training batch (corrected
-                                   # setting, runs without a teacher): the release students
+                                   # setting; distilled runs: orientations + intensity only)
 
     def __post_init__(self) -> None:
         checks = {
@@ -156,10 +157,6 @@ class RunConfig:
         if self.augment and self.setting == "faithful":
             raise ConfigError("augment is an option of the corrected setting (the original "
                               "trained on the slices as given)", self.name, "drop augment")
-        if self.augment and self.role == "kd":
-            raise ConfigError("a distilled run cannot augment: its teacher's outputs are "
-                              "computed once, on the slices as given", self.name,
-                              "augment baseline or control runs only")
         if self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("batch_size and epochs must be >= 1", self.name)
         try:  # one spelling per value: 0 and 0.0 must hash alike
@@ -528,9 +525,14 @@ def load_model(run_dir: str | Path, device: torch.device, which: str = "best",
 
 
 def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str, ...],
-                    device: torch.device, batch_size: int = 16, dtype: torch.dtype | None = None
-                    ) -> dict[str, torch.Tensor]:
+                    device: torch.device, batch_size: int = 16, dtype: torch.dtype | None = None,
+                    orientations: bool = False) -> dict[str, torch.Tensor]:
     """The teacher's `taps` for every slice of `data`, computed once per process and reused.
+
+    `orientations`: for each of the 8 orientations of every slice (`augment.dihedral`), as
+    (8, slices, ...) tensors, so an augmented distilled run finds the teacher's outputs for the
+    orientation its student sees (8 times the memory; refused, with the fix, when that would
+    exceed half of this machine's memory).
 
     Stored on `device` in `dtype` (float32 on the CPU, bfloat16 on CUDA by default) so a KD
     step only indexes rows; a 1x1 projector is applied later at the teacher's own resolution.
@@ -551,7 +553,7 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
         raise ConfigError(f"unknown teacher taps {sorted(unknown)}", str(teacher_run),
                           f"use {ALL_TEACHER_TAPS}")
     key = (str(Path(teacher_run).resolve()), tuple(data.indices.tolist()), str(device), str(dtype),
-           data.images.shape[-1])
+           data.images.shape[-1], orientations)
     if _TEACHER_OUTPUTS.get("key") != key:  # another teacher or data set: free the old first
         _TEACHER_OUTPUTS.clear()
         _TEACHER_OUTPUTS.update(key=key, model=None, taps={})
@@ -568,20 +570,41 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
                 teacher = teacher.to(memory_format=torch.channels_last)
             _TEACHER_OUTPUTS["model"] = teacher
         n = len(data)
+        ops = range(8) if orientations else (0,)
         filled: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
-            for start in bar(range(0, n, batch_size), desc="teacher outputs (once)", leave=False):
-                image, _ = data.batch(slice(start, start + batch_size), torch.contiguous_format)
-                with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
-                    out = teacher(image)
-                for tap in missing:
-                    value = out[tap]
-                    if tap not in filled:  # allocated once, at its final size
-                        filled[tap] = torch.empty((n, *value.shape[1:]), dtype=dtype, device=device)
-                    filled[tap][start:start + value.shape[0]].copy_(value)
-                del out
+            for op in ops:
+                for start in bar(range(0, n, batch_size), desc="teacher outputs (once)", leave=False):
+                    image, _ = data.batch(slice(start, start + batch_size), torch.contiguous_format)
+                    if orientations:
+                        image = dihedral(image, op).contiguous()
+                    with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
+                        out = teacher(image)
+                    for tap in missing:
+                        value = out[tap]
+                        if tap not in filled:  # allocated once, at its final size
+                            shape = (len(ops), n, *value.shape[1:]) if orientations else (n, *value.shape[1:])
+                            _check_cache_size(shape, dtype, teacher_run)
+                            filled[tap] = torch.empty(shape, dtype=dtype, device=device)
+                        target = filled[tap][op] if orientations else filled[tap]
+                        target[start:start + value.shape[0]].copy_(value)
+                    del out
         held.update(filled)
     return {tap: held[tap] for tap in wanted}
+
+
+def _check_cache_size(shape: tuple[int, ...], dtype: torch.dtype, teacher_run) -> None:
+    """Refuse a teacher-outputs tensor larger than half of this machine's memory, before it
+    is allocated (the 8-orientation cache of a large teacher at 256x256 can be)."""
+    need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > total // 2:
+        raise KdlibError(f"the teacher's outputs would take {need / 2**30:.1f} GiB of this machine's "
+                         f"{total / 2**30:.1f} GiB", str(teacher_run),
+                         "distil without augment (one orientation), from fewer scales, or at a smaller size")
 
 
 def teacher_outputs_bytes() -> int:
@@ -630,20 +653,27 @@ def kd_taps_of(cfg: RunConfig) -> tuple[str, ...]:
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: SliceTensors,
                  batch_size: int, generator: torch.Generator, objective, device: torch.device,
-                 precision: str, augment: torch.Generator | None = None) -> dict[str, float]:
+                 precision: str, augment: torch.Generator | None = None,
+                 oriented_teacher: bool = False) -> dict[str, float]:
     """One pass over `data` in the generator's order; `objective(rows, out, image, mask)`
     gives the loss terms ("total" is minimised). Returns each term's mean over the images.
-    `augment`: a generator for `kdlib.augment.augment_batch` on every batch (None: as given).
+    `augment`: a generator for `kdlib.augment.augment_batch` on every batch (None: as given);
+    with `oriented_teacher` (a distilled run), `kdlib.augment.kd_augment_batch` instead, whose
+    orientations reach `objective` as `ops` to pick the teacher's outputs.
 
     Nothing is read back per step: the terms are summed on the device (in float64, so the
     means are those of the former per-step `float()` reads, bit for bit) and read once."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
     for rows, image, mask in data.batches(batch_size, generator):
-        if augment is not None:
+        ops = None
+        if augment is not None and oriented_teacher:
+            image, mask, ops = kd_augment_batch(image, mask, augment)
+        elif augment is not None:
             image, mask = augment_batch(image, mask, augment)
         with autocast(device, precision):
-            terms = objective(rows, model(image), image, mask)
+            terms = objective(rows, model(image), image, mask) if ops is None else \
+                objective(rows, model(image), image, mask, ops)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
@@ -957,15 +987,20 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         teacher_info = {tap: tuple(v) for tap, v in teacher_metrics["feature_info"].items()}
         distiller = losses.Distiller(kd, teacher_info, model.feature_info, generator=projector_rng).to(dev)
         taps = _kd_taps(kd)
-        cached_teacher = teacher_outputs(cfg.teacher_run, train_data, taps, dev)
+        # an augmented student sees one of 8 orientations: the teacher's outputs for each
+        cached_teacher = teacher_outputs(cfg.teacher_run, train_data, taps, dev, orientations=cfg.augment)
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = _make_optimizer(cfg, params)
     # the training loop's global draws (dropout) start from the seed, whatever ran above
     torch.manual_seed(stream_seed(cfg.seed, "train"))
 
-    def objective(rows, out, image, mask):
+    def objective(rows, out, image, mask, ops=None):
         if distiller is not None:
-            return distiller(out, {tap: t[rows.to(t.device)] for tap, t in cached_teacher.items()}, mask)
+            rows = rows.to(next(iter(cached_teacher.values())).device)
+            if ops is None:
+                return distiller(out, {tap: t[rows] for tap, t in cached_teacher.items()}, mask)
+            ops = ops.to(rows.device)  # each image's orientation picks its teacher outputs
+            return distiller(out, {tap: t[ops, rows] for tap, t in cached_teacher.items()}, mask)
         return _plain_objective(cfg, out, image, mask)
 
     history: list[dict[str, Any]] = []
@@ -1006,7 +1041,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         augment = torch.Generator().manual_seed(stream_seed(cfg.seed, "augment") + epoch) \
             if cfg.augment else None
         means = _train_epoch(model, optimizer, train_data, cfg.batch_size, generator, objective,
-                             dev, precision, augment)
+                             dev, precision, augment, oriented_teacher=distiller is not None)
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({f"train_{k}": v for k, v in means.items()})
         val = validate(model, select_data, cfg.threshold, dev, precision=precision,

@@ -104,10 +104,12 @@ def test_who_may_augment(tiny):
     with pytest.raises(ConfigError, match="corrected setting"):
         _cfg(tiny, augment=True, setting="faithful")
     kd = losses.KDConfig(scales=("B",), pmd="binary")
-    with pytest.raises(ConfigError, match="cannot augment"):
-        train.RunConfig(name="kd", model="S1", role="kd", cache=str(tiny / "cache"),
-                        split=str(tiny / "split.json"), teacher_run="t", kd=kd.to_dict(),
-                        augment=True)
+    distilled = train.RunConfig(name="kd", model="S1", role="kd", cache=str(tiny / "cache"),
+                                split=str(tiny / "split.json"), teacher_run="t", kd=kd.to_dict(), augment=True)
+    assert distilled.augment  # a distilled run may augment (orientations + intensity; issue 19)
+    with pytest.raises(ConfigError, match="corrected setting"):
+        train.RunConfig(name="kd", model="S1", role="kd", cache=str(tiny / "cache"), setting="faithful",
+                        split=str(tiny / "split.json"), teacher_run="t", kd=kd.to_dict(), augment=True)
     with pytest.raises(ConfigError, match="augment"):
         _cfg(tiny, augment="yes")
 
@@ -130,3 +132,55 @@ def test_tta_makes_a_network_orientation_equivariant():
         torch.testing.assert_close(turned, augment.dihedral(base, op), rtol=1e-12, atol=1e-12)
         if op:  # the network alone is not: TTA is what makes it so
             assert not torch.allclose(net(augment.dihedral(x, op)), augment.dihedral(plain, op))
+
+
+def test_kd_augmentation_orients_image_and_mask_alike_and_only_jitters_intensity():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(16, 3, 8, 8)
+    mask = (torch.rand(16, 1, 8, 8) > 0.5).float()
+    out, moved, ops = augment.kd_augment_batch(image, mask, g)
+    assert ops.shape == (16,) and set(ops.tolist()) <= set(range(8)) and len(set(ops.tolist())) > 1
+    for i, op in enumerate(ops.tolist()):
+        assert torch.equal(moved[i], augment.dihedral(mask[i], op))  # a permutation: no zoom, no resampling
+        plain = augment.dihedral(image[i, :1], op)
+        # contrast about the mean and brightness: the same affine map of every pixel (before clipping)
+        inside = (out[i, :1] > 1e-6) & (out[i, :1] < 1 - 1e-6)
+        if inside.sum() > 3:
+            a, b = plain[inside], out[i, :1][inside]
+            fit = torch.linalg.lstsq(torch.stack([a, torch.ones_like(a)], 1), b[:, None]).solution
+            assert torch.allclose(fit[0, 0] * a + fit[1, 0], b, atol=1e-5)
+    again = augment.kd_augment_batch(image, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], out) and torch.equal(again[2], ops)
+
+
+def test_oriented_teacher_outputs_are_the_teacher_on_each_orientation(tiny, tmp_path):
+    teacher = train.train(train.teacher_config("unet", tiny / "cache", tiny / "split.json", epochs=1),
+                          tmp_path / "teacher", progress=False)
+    from kdlib.data import SliceCache, load_split
+
+    cache = SliceCache.load(tiny / "cache")
+    data = train.SliceTensors(cache, load_split(tiny / "split.json")["student_train"][:5], torch.device("cpu"))
+    train._TEACHER_OUTPUTS.clear()
+    held = train.teacher_outputs(teacher, data, ("bottleneck", "logits"), torch.device("cpu"), orientations=True)
+    net = train.load_model(teacher, torch.device("cpu"))
+    image, _ = data.batch(slice(0, 5), torch.contiguous_format)
+    with torch.inference_mode():
+        for op in (0, 3, 6):
+            direct = net(augment.dihedral(image, op).contiguous())
+            assert held["logits"].shape[:2] == (8, 5)
+            assert torch.allclose(held["logits"][op], direct["logits"], atol=1e-5)
+            assert torch.allclose(held["bottleneck"][op], direct["bottleneck"], atol=1e-5)
+    train._TEACHER_OUTPUTS.clear()
+
+
+def test_augmented_distilled_run_is_deterministic_and_differs_from_the_plain_one(tiny, tmp_path):
+    teacher = train.train(train.teacher_config("unet", tiny / "cache", tiny / "split.json", epochs=1),
+                          tmp_path / "teacher", progress=False)
+    kd = losses.kd_config_for("T1", "S1", scales=("B",), pmd="binary")
+    cfg = train.kd_run_config(teacher, "S1", kd, tiny / "cache", tiny / "split.json", epochs=2, batch_size=8)
+    plain = json.loads((train.train(cfg, tmp_path / "plain", progress=False) / "metrics.json").read_text())
+    runs = [train.train(replace(cfg, augment=True), tmp_path / name, progress=False) for name in ("a", "b")]
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in runs)
+    assert runs[0].name == runs[1].name != cfg.run_dir(tmp_path).name  # augment is part of its identity
+    assert a["loss"] == b["loss"] and a["pooled"] == b["pooled"] and a["loss"] != plain["loss"]
+    train._TEACHER_OUTPUTS.clear()
