@@ -20,7 +20,7 @@ from .errors import ConfigError, KdlibError
 from .io import atomic_write_json, atomic_write_text, read_json
 from .paths import REPO_ROOT, check_no_stale_records, publish_path, resolve_data, results_dir
 from .progress import bar
-from .train import NOT_IDENTITY, RunConfig, is_finished, train
+from .train import NOT_IDENTITY, RunConfig, is_finished, pick_device, train
 
 PREPARED, TEACHERS = "prepared.json", "teachers.json"
 
@@ -333,7 +333,7 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None,
     todo = [c for c in ordered if not is_finished(c.run_dir(out / "runs"))]
     print(f"{len(ordered)} runs, {len(ordered) - len(todo)} already finished, {len(todo)} to train"
           + (f", {workers} at a time" if workers > 1 and len(todo) > 1 else ""))
-    if workers > 1 and len(todo) > 1 and not _is_cuda(device):
+    if workers > 1 and len(todo) > 1 and pick_device(device).type != "cuda":
         _train_in_processes(out, todo, device, workers)
         return [c.run_dir(out / "runs") for c in ordered]
     # One bar over the runs, not one per run: a grid's worth of widget bars floods the
@@ -343,12 +343,6 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None,
     for cfg in bar(ordered, desc="runs", total=len(ordered)):
         done.append(train(cfg, out / "runs", device=device, progress=False))
     return done
-
-
-def _is_cuda(device: str | None) -> bool:
-    import torch
-
-    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
 
 
 def _finished_line(cfg: RunConfig, run_dir: Path) -> str:
@@ -469,6 +463,15 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "checkpoints" / "best.pt").is_file()
 
 
+def reuse_source(source: str | Path) -> Path:
+    """The runs folder to reuse, or one clear error (checked again before any training)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise KdlibError("no runs folder to reuse", source,
+                         "give the first invocation's runs folder (e.g. figures/real-mini/runs of its publication)")
+    return source
+
+
 def reuse_records(source: str | Path, out: Path) -> dict[str, Any]:
     """Copy the finished run records of another invocation of the same profile at the same
     commit (a runs folder: e.g. the published `runs/` of the first of two invocations that
@@ -485,10 +488,7 @@ def reuse_records(source: str | Path, out: Path) -> dict[str, Any]:
     from .io import atomic_write_bytes
     from .train import RunConfig, read_metrics
 
-    source = Path(source)
-    if not source.is_dir():
-        raise KdlibError("no runs folder to reuse", source,
-                         "give the first invocation's runs folder (e.g. figures/real-mini/runs of its publication)")
+    source = reuse_source(source)
     facts = source / DATA_FACTS
     if facts.exists() and (out / PREPARED).exists():
         theirs, ours = read_json(facts), data_facts(out)

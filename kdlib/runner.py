@@ -266,9 +266,10 @@ def run_notebooks(profile: str = "smoke", data: str | None = None, out: str | Pa
     # parameters are checked against every notebook, so --only does not hide a typo
     params = notebook_parameters(load_profile(profile, profiles_dir), all_notebooks, profile, data,
                                  out_dir, folds)
-    if reuse is not None and not Path(reuse).is_dir():
-        raise KdlibError("no runs folder to reuse", reuse,
-                         "give the first invocation's runs folder (e.g. figures/real-mini/runs of its publication)")
+    if reuse is not None:
+        from .pipeline import reuse_source
+
+        reuse_source(reuse)  # before hours of training, not after 01
     if out_dir.exists() and not out_dir.is_dir():
         raise KdlibError("the output folder is a file", out_dir, "choose a folder for --out")
     if _publish_dir(params) is not None and (gaps := defaulted_at_scale(params, all_notebooks)):
