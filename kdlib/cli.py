@@ -171,7 +171,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
     cfg = ReleaseConfig(models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
                         epochs=args.epochs, latency=not args.no_latency,
                         **{k: v for k, v in (("data", args.data), ("out", args.out),
-                                             ("publish", args.publish)) if v})
+                                             ("publish", args.publish), ("precision", args.precision)) if v})
     summary = build_release(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({m: {"cv_dice_augmented": s["augmented"]["cv_dice_mean"],
                           "cv_dice_as_given": s["as_given"]["cv_dice_mean"],
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="S1,S2", help="students to release")
     p.add_argument("--epochs", type=int, default=300, help="epoch cap of every run")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="training precision of every run (default: fp32)")
     p.set_defaults(func=_cmd_release)
 
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")

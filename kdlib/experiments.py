@@ -123,6 +123,19 @@ def row_config(row: dict[str, Any], cache, split, setting: str, teacher_runs: di
                          name=name, **common)
 
 
+def with_teacher_found(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """A distilled run's config with `teacher_run` pointing at a teacher record that exists: as
+    recorded when that path is absolute and still there; else beside the run, in the same runs
+    folder (results that were moved, or a published record, whose path is relative to its
+    results folder and must never be read against the current directory)."""
+    teacher = config.get("teacher_run")
+    if teacher and (not Path(teacher).is_absolute() or not (Path(teacher) / "config.json").exists()):
+        moved = Path(run_dir).parent / Path(teacher).name
+        if (moved / "config.json").exists():
+            return dict(config, teacher_run=str(moved))
+    return config
+
+
 def describe(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
     """The thesis-table columns a run corresponds to (to join runs with thesis rows).
 
@@ -203,7 +216,7 @@ def runs_for_row(row: dict[str, Any], runs: list[dict[str, Any]], setting: str |
     A run described already (`_desc`, from `records.describe_runs`) is not described again."""
     chosen = []
     for run in runs:
-        desc = run.get("_desc") or describe(run["config"])
+        desc = run.get("_desc") or describe(with_teacher_found(run["config"], run["run_dir"]))
         if setting and desc["setting"] != setting:
             continue
         if split and run["config"]["split"] != split:

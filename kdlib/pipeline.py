@@ -410,7 +410,46 @@ def publish_folder(out: Path, publish_dir: str = "") -> Path:
 
 
 RECORD_FILES = ("config.json", "history.csv", "metrics.json")  # never checkpoints
+RECORD_PATHS = ("cache", "split", "teacher_run")  # the fields of config.json that name files
 DATA_FACTS = "DATA.json"
+
+
+def portable_config(config: dict[str, Any], results: Path) -> dict[str, Any]:
+    """config.json as it is published: the files it names (cache, split, teacher run) relative
+    to the results folder that held the run (`cache-corrected-64`, `splits/corrected-64-fold0.json`,
+    `runs/t1-s42-<hash>`), so that a publication names no folder of the machine that made it; a
+    path outside that folder keeps its name only. Nothing is lost: a run's identity hashes the
+    content of its cache and split, never their paths (`RunConfig.identity`), tables key folds by
+    the split's name, and a moved teacher is found beside its student (`records.describe_runs`)."""
+    root = Path(results).resolve()
+    portable = dict(config)
+    for key in RECORD_PATHS:
+        value = portable.get(key)
+        if not value or not Path(str(value)).is_absolute():
+            continue
+        path = Path(str(value)).resolve()
+        portable[key] = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    return portable
+
+
+def portable_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A cache manifest as a published model carries it (`preprocessing.json`): each input
+    source by its folder's name (`ircadb`, `thesis_slices`) instead of the absolute path it was
+    read from; its format, intensity, cases and file checksums are kept."""
+    inputs = [dict(entry, path=Path(str(entry["path"])).name) if isinstance(entry, dict) and entry.get("path")
+              else entry for entry in manifest.get("inputs", [])]
+    return {**manifest, "inputs": inputs} if "inputs" in manifest else dict(manifest)
+
+
+def _published_bytes(name: str, path: Path, results: Path) -> bytes:
+    """A record file's bytes as published: config.json made portable, anything else as is."""
+    if name == "config.json":
+        return (json.dumps(portable_config(read_json(path), results), indent=2, sort_keys=True,
+                           default=str) + "\n").encode()
+    if name == PREPROCESSING:
+        return (json.dumps(portable_manifest(read_json(path)), indent=2, sort_keys=True,
+                           default=str) + "\n").encode()
+    return path.read_bytes()
 
 
 def data_facts(out: Path) -> dict[str, Any]:
@@ -436,22 +475,31 @@ def data_facts(out: Path) -> dict[str, Any]:
 def publish_runs(out: Path, publish: Path) -> Path:
     """Copy every finished run's small records (config.json, history.csv, metrics.json;
     never checkpoints) to `<publish>/runs/<run folder>/`, with `DATA.json` (`data_facts`),
-    so that `kdlib.report` can regenerate every table and claim from them alone."""
-    from .io import atomic_write_bytes
+    so that `kdlib.report` can regenerate every table and claim from them alone. config.json
+    is published with its paths relative to `out` (`portable_config`)."""
     from .train import load_runs
 
     check_no_stale_records(out, publish)
     target = publish / "runs"
     for run in load_runs(out / "runs"):
         source = Path(run["run_dir"])
-        for name in RECORD_FILES:
-            if (source / name).exists():
-                data = (source / name).read_bytes()
-                dest = target / source.name / name
-                if not dest.exists() or dest.read_bytes() != data:
-                    atomic_write_bytes(dest, data)
+        publish_record_files(source, target / source.name, out)
     atomic_write_json(target / DATA_FACTS, data_facts(out))
     return target
+
+
+def publish_record_files(source: Path, dest: Path, results: Path) -> Path:
+    """One run's small records (RECORD_FILES) into `dest`, config.json made portable against
+    the results folder `results` (`portable_config`); a file already there with the same bytes is
+    kept, so publishing again rewrites nothing."""
+    from .io import atomic_write_bytes
+
+    for name in RECORD_FILES:
+        if (source / name).exists():
+            data = _published_bytes(name, source / name, results)
+            if not (dest / name).exists() or (dest / name).read_bytes() != data:
+                atomic_write_bytes(dest / name, data)
+    return dest
 
 
 RECORD_LIMIT = 64 * 2**20  # bytes per record file: a run's records are kilobytes; anything larger is refused
@@ -575,7 +623,9 @@ def publish_models(out: Path, publish: Path, roles: tuple[str, ...] = STUDENT_RO
 
 def copy_model(source: Path, dest: Path) -> Path:
     """A run's records, `checkpoints/best.pt` and its cache manifest as `preprocessing.json`
-    under `dest`, ready for `kdlib predict`; a file already there with the same bytes is kept."""
+    under `dest`, ready for `kdlib predict`; a file already there with the same bytes is kept.
+    config.json and preprocessing.json name no folder of this machine (`portable_config`,
+    relative to the results folder that holds the run's `runs/`; `portable_manifest`)."""
     from .io import atomic_write_bytes
 
     cfg = read_json(source / "config.json")
@@ -583,7 +633,7 @@ def copy_model(source: Path, dest: Path) -> Path:
     files["checkpoints/best.pt"] = source / "checkpoints" / "best.pt"
     files[PREPROCESSING] = Path(cfg["cache"]) / "manifest.json"
     for name, path in files.items():
-        data = path.read_bytes()
+        data = _published_bytes(name, path, source.parent.parent)
         if not (dest / name).exists() or (dest / name).read_bytes() != data:
             atomic_write_bytes(dest / name, data)
     return dest

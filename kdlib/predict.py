@@ -280,7 +280,10 @@ def run_preprocessing(run_dir: Path):
 
     cfg = RunConfig.from_dict(read_json(run_dir / "config.json"), run_dir / "config.json")
     published = run_dir / "preprocessing.json"
-    manifest_path = published if published.exists() else Path(cfg.cache) / "manifest.json"
+    cache = Path(cfg.cache)
+    if not cache.is_absolute():  # a published record: relative to the results folder holding runs/
+        cache = run_dir.parent.parent / cache
+    manifest_path = published if published.exists() else cache / "manifest.json"
     manifest = read_json(manifest_path)
     return (cfg, manifest, *model_preprocessing(manifest, manifest_path))
 

@@ -20,20 +20,13 @@ BLOCKS = (None, "last_epoch")  # None: the kept checkpoint's metrics; "last_epoc
 def describe_runs(runs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(run, experiments.describe(config)) pairs.
 
-    A distilled run names its teacher by folder; if the results were moved (the recorded
-    absolute path is gone) the teacher is looked up beside the run, in the same runs folder.
+    A distilled run names its teacher by folder, found as `experiments.with_teacher_found` does.
     """
     out = []
     for run in runs:
         desc = run.get("_desc")
         if desc is None:
-            config = run["config"]
-            teacher = config.get("teacher_run")
-            if teacher and not (Path(teacher) / "config.json").exists():
-                moved = Path(run["run_dir"]).parent / Path(teacher).name
-                if (moved / "config.json").exists():
-                    config = dict(config, teacher_run=str(moved))
-            desc = experiments.describe(config)
+            desc = experiments.describe(experiments.with_teacher_found(run["config"], run["run_dir"]))
         out.append((run, desc))
     return out
 

@@ -5,7 +5,10 @@ scanner's CT they can find the spine instead of the spleen. A release student in
 
 - trains on **all six** real patients (`train` subset: every slice but the held-out ones),
   stopping and keeping its checkpoint on a held-out 15% of every patient's slices (runs of
-  4), with real-mini's rule (validation Dice over a 5-epoch mean, patience 20, min 40 epochs);
+  4), with real-mini's rule (validation Dice over a 5-epoch mean, patience 20, min 40 epochs),
+  the augmented runs' validation counting each held-out slice in all 8 orientations
+  (`val_orientations`: a model meant for any orientation is kept for all of them, not for the
+  one the slices come in);
 - trains with AdamW 1e-3 (weight decay 0.05, betas 0.9/0.95), batch 20, Dice loss: chosen on
   validation data only among RMSprop 1e-2 (the KD-off control recipe), RMSprop 1e-3 and AdamW
   1e-3 (`benchmarks/bench_release_recipe.py`, benchmarks/RESULTS.md section 10); with
@@ -68,7 +71,13 @@ class ReleaseConfig:
     min_epochs: int = 40
     smooth: int = 5
     seed: int = 42
-    precision: str = "bf16"
+    # fp32: what `predict` and the ONNX model run in, and the same arithmetic on every CPU (bf16
+    # is emulated, at half the speed, on CPUs without native bf16); the first release used bf16
+    precision: str = "fp32"
+    # augmented runs stop and keep their checkpoint on validation Dice over all 8 orientations of
+    # the held-out slices: on the slices as given, selection favoured the orientation they come in
+    # (first release: one-pass spread S1 0.058, S2 0.139, "as given" among the best)
+    val_orientations: bool = True
     # chosen on validation data only (benchmarks/bench_release_recipe.py, RESULTS.md 10): with
     # augmentation, RMSprop 1e-2 (the KD-off control recipe) collapsed to all-background
     optimizer: str = "adamw"
@@ -151,7 +160,8 @@ def run_config(cfg: ReleaseConfig, model: str, cache: str, split: str, augment: 
                            optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                            batch_size=20, epochs=cfg.epochs, patience=cfg.patience,
                            min_epochs=cfg.min_epochs, smooth=cfg.smooth, select_on="dice",
-                           augment=augment, precision=cfg.precision)
+                           augment=augment, precision=cfg.precision,
+                           val_orientations=augment and cfg.val_orientations)
 
 
 def plan(cfg: ReleaseConfig, prepared: dict[str, Any]) -> list[dict[str, Any]]:
@@ -265,6 +275,7 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
 
     from .paths import publish_path, results_dir
     from .provenance import code_state, cpu_name
+    from .pipeline import publish_record_files
     from .train import load_model, train
 
     out = results_dir("release", cfg.out)
@@ -287,7 +298,7 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
             scores = orientation_dice(item["run_dir"])
             item["orientations"], item["orientations_tta"] = scores[False], scores[True]
 
-    summary: dict[str, Any] = {"models": {}, "config": dataclasses.asdict(cfg)}
+    summary: dict[str, Any] = {"models": {}, "config": _portable_release_config(cfg)}
     staging = publish.with_name(f".{publish.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -297,6 +308,8 @@ def build_release(cfg: ReleaseConfig, progress=print) -> dict[str, Any]:
             summary["models"][model] = _model_summary(model, runs)
             release = next(r for r in runs if r["model"] == model and r["kind"] == "release")
             onnx_files[model] = _publish_model(release["run_dir"], staging / model)
+        for run in runs:  # every run's small records, for a reader to recompute the cards' numbers
+            publish_record_files(run["run_dir"], staging / "runs" / run["run_dir"].name, out)
         if cfg.latency:
             progress("measuring latency (torch and onnxruntime, 256 and 512, batch 1 and 16)")
             from .models import build
@@ -334,7 +347,19 @@ def runs_of(runs: list[dict[str, Any]], model: str, kind: str, augment: bool | N
             and (augment is None or r["augment"] == augment)]
 
 
+def _portable_release_config(cfg: ReleaseConfig) -> dict[str, Any]:
+    """The configuration as release.json records it: a folder given as an absolute path (the
+    data sources, the work folder, the publication) by its name only, since a publication names
+    no folder of the machine that made it; dataset names (`shared:ircadb`) as given."""
+    def portable(value: str) -> str:
+        return ",".join(Path(part).name if Path(part).is_absolute() else part for part in value.split(","))
+
+    return {**dataclasses.asdict(cfg), **{key: portable(getattr(cfg, key)) for key in ("data", "out", "publish")}}
+
+
 def _model_summary(model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    from .pipeline import portable_config
+
     result: dict[str, Any] = {}
     for augment in (True, False):
         cv = sorted(runs_of(runs, model, "cv", augment), key=lambda r: r["fold"])
@@ -359,7 +384,8 @@ def _model_summary(model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     result["augmentation_effect"] = {"per_fold": diffs, "mean": float(np.mean(diffs))}
     release = runs_of(runs, model, "release")[0]
     result["release"] = release["record"]
-    result["release"]["config"] = read_json(release["run_dir"] / "config.json")
+    result["release"]["config"] = portable_config(read_json(release["run_dir"] / "config.json"),
+                                                  release["run_dir"].parent.parent)
     return result
 
 
@@ -397,6 +423,13 @@ def _latency_table(summary: dict[str, Any], names: tuple[str, ...]) -> str:
                 cells.append(f"{hit[0]['ms_per_slice']:.1f}" if hit else "-")
         lines.append(f"| {model} | {engine} | {threads} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _oriented_selection(cfg: dict[str, Any]) -> str:
+    """How the augmented runs' validation counted orientations (releases before the option: as given)."""
+    if cfg.get("val_orientations"):
+        return "; the augmented runs' validation counts every held-out slice in each of the 8 orientations"
+    return "; validation on the slices as given"
 
 
 def model_card(model: str, summary: dict[str, Any]) -> str:
@@ -442,7 +475,7 @@ preprocessing in `model.onnx.json`; mask = `logits > 0`). Its masks equal torch'
 - **Recipe**: {cfg['optimizer']} lr {cfg['lr']:g} (weight decay {cfg['weight_decay']:g}), batch 20, Dice loss, no teacher (chosen on
   validation data only: benchmarks/RESULTS.md section 10); every slice of every patient
   except held-out runs: {cfg['val_share']:g} of each patient's slices for stopping and selection (validation Dice over a
-  {cfg['smooth']}-epoch mean, patience {cfg['patience']}, no stop before epoch {cfg['min_epochs']}, cap {cfg['epochs']}),
+  {cfg['smooth']}-epoch mean, patience {cfg['patience']}, no stop before epoch {cfg['min_epochs']}, cap {cfg['epochs']}{_oriented_selection(cfg)}),
   and a further {cfg['check_share']:g} kept out as a check.
 - **Augmentation** (`kdlib.augment`): the 8 orientations (90-degree rotations x flips), zoom 0.85-1.15 and rotation up to
   15 degrees, contrast x0.8-1.2 and brightness +-0.1. Seed {cfg['seed']}, precision {cfg['precision']}.

@@ -81,7 +81,8 @@ ROLES = ("teacher", "baseline", "control", "kd")
 NOT_IDENTITY = ("epochs", "keep_last", "checkpoint_seconds")
 # fields added after runs were published, with the value older runs had: at that value they
 # stay out of the hash (old run folders keep their names) and fill older config.json files
-ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0, "augment": False}
+ADDED_LATER = {"min_epochs": 0, "select_on": "loss", "smooth": 1, "warmup": 0, "augment": False,
+               "val_orientations": False}
 # what picks the kept checkpoint on the selection set: the original's loss (teachers seg +
 # recon, students seg loss), or Dice, the quantity early stopping watches and tables report
 SELECT_ON = ("loss", "dice")
@@ -137,6 +138,9 @@ class RunConfig:
                                    # last write, and always at the last epoch; 0 = every epoch
     augment: bool = False          # kdlib.augment's policy on every training batch (corrected
                                    # setting; distilled runs: orientations + intensity only)
+    val_orientations: bool = False  # stopping and selection count every selection slice in each
+                                   # of the 8 orientations (a model meant for any orientation is
+                                   # otherwise kept for the orientation the slices come in)
 
     def __post_init__(self) -> None:
         checks = {
@@ -145,7 +149,7 @@ class RunConfig:
             "selection": ("val", "test"), "select_on": SELECT_ON, "precision": PRECISIONS,
             "setting": ("corrected", "faithful"), "train_subset": ("train", "student_train"),
             "weights_dtype": ("fp32", "fp16"), "keep_last": (True, False),
-            "augment": (True, False),
+            "augment": (True, False), "val_orientations": (True, False),
         }
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
@@ -688,10 +692,13 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data:
 @torch.inference_mode()
 def validate(model: torch.nn.Module, data: SliceTensors, threshold: str, device: torch.device,
              batch_size: int = 32, precision: str = "fp32", with_recon: bool = False,
-             seg_loss: str = "dice_bce") -> dict[str, Any]:
+             seg_loss: str = "dice_bce", orientations: bool = False) -> dict[str, Any]:
     """The selection set's numbers of one epoch: `loss`, `pooled` (Dice, IoU, precision,
     recall and TP/FP/FN over every pixel, as `evaluate_model` pools them) and, for multi-task
     teachers, `recon_loss` and `psnr` (mean over images).
+
+    `orientations`: every slice in each of the 8 orientations (`augment.dihedral`, image and
+    mask turned alike), pooled as 8 times the images; `n_images` counts them all.
 
     Everything is accumulated on the device and read back once; no SSIM and no per-image or
     per-volume blocks, which only the test metrics (`evaluate_model`) report."""
@@ -700,8 +707,12 @@ def validate(model: torch.nn.Module, data: SliceTensors, threshold: str, device:
     loss_sum, recon_sum, psnr_sum = zero, zero, zero
     counts = torch.zeros(3, dtype=torch.int64, device=device)
     has_recon = False
-    for start in range(0, len(data), batch_size):
+    views = [(op, start) for op in (range(8) if orientations else (0,)) for start in range(0, len(data), batch_size)]
+    for op, start in views:
         image, mask = data.batch(slice(start, start + batch_size))
+        if op:
+            image = dihedral(image, op).contiguous(memory_format=data.memory_format)
+            mask = dihedral(mask, op).contiguous()
         with autocast(device, precision):
             out = model(image)
         logits = out["logits"].float()
@@ -715,11 +726,12 @@ def validate(model: torch.nn.Module, data: SliceTensors, threshold: str, device:
             mse = (recon.double() - image.double()).square().flatten(1).mean(1)
             psnr_sum = psnr_sum + (10.0 * torch.log10(1.0 / mse)).sum()  # mse 0: inf, as metrics.psnr
     values = torch.cat([torch.stack([loss_sum, recon_sum, psnr_sum]), counts.double()]).tolist()
-    n = max(len(data), 1)
+    n_images = len(data) * (8 if orientations else 1)
+    n = max(n_images, 1)
     tp, fp, fn = (int(v) for v in values[3:])
     result: dict[str, Any] = {"loss": values[0] / n,
                               "pooled": {**metrics.scores({"tp": tp, "fp": fp, "fn": fn}),
-                                         "tp": tp, "fp": fp, "fn": fn, "n_images": len(data)}}
+                                         "tp": tp, "fp": fp, "fn": fn, "n_images": n_images}}
     if has_recon:
         result.update(recon_loss=values[1] / n, psnr=values[2] / n)
     return result
@@ -1046,7 +1058,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dev: torch.device, stop_after_e
         row.update({f"train_{k}": v for k, v in means.items()})
         val = validate(model, select_data, cfg.threshold, dev, precision=precision,
                        with_recon=cfg.role == "teacher",
-                       seg_loss="dice" if cfg.role == "kd" else cfg.loss)
+                       seg_loss="dice" if cfg.role == "kd" else cfg.loss,
+                       orientations=cfg.val_orientations)
         # lower is better: the original's loss (teachers seg + recon, students seg loss), or
         # 1 - Dice, which agrees with the early-stopping rule (a distilled student's soft
         # Dice loss can keep falling while its thresholded Dice falls from its peak)

@@ -184,3 +184,54 @@ def test_augmented_distilled_run_is_deterministic_and_differs_from_the_plain_one
     assert runs[0].name == runs[1].name != cfg.run_dir(tmp_path).name  # augment is part of its identity
     assert a["loss"] == b["loss"] and a["pooled"] == b["pooled"] and a["loss"] != plain["loss"]
     train._TEACHER_OUTPUTS.clear()
+
+
+def test_oriented_validation_pools_the_8_orientations_of_every_slice(tiny):
+    """validate(orientations=True): the confusion counts of the network on each of the 8
+    orientations of every slice against the mask turned alike (computed here with numpy's
+    rot90/flip), summed; the loss is the mean over the 8 x n images."""
+    from kdlib.data import SliceCache
+
+    class Ramp(torch.nn.Module):  # finds bright pixels, more readily on the right: not equivariant
+        def forward(self, x):
+            return {"logits": 8.0 * (x[:, :1] - 0.4) + torch.linspace(-2.0, 2.0, x.shape[-1])}
+
+    net = Ramp()
+    cache = SliceCache.load(tiny / "cache")
+    data = train.SliceTensors(cache, json.loads((tiny / "split.json").read_text())["train"], torch.device("cpu"))
+    image, mask = data.batch(slice(None))
+    counts, losses_ = np.zeros(3, dtype=np.int64), []
+    with torch.no_grad():
+        for op in range(8):
+            turned = torch.from_numpy(_numpy_dihedral(image.numpy(), op).copy())
+            logits = net(turned)["logits"]
+            truth = _numpy_dihedral(mask.numpy(), op) > 0.5
+            pred = torch.sigmoid(logits).numpy() > 0.5
+            counts += [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]
+            losses_.append(float(losses.dice_loss(logits, torch.from_numpy(truth.astype(np.float32)))))
+    val = train.validate(net, data, "prob", torch.device("cpu"), batch_size=5, seg_loss="dice", orientations=True)
+    pooled = val["pooled"]
+    assert [pooled["tp"], pooled["fp"], pooled["fn"]] == counts.tolist()
+    assert pooled["n_images"] == 8 * len(data)
+    # the per-batch loss is a batch mean weighted by its size; the whole set in one batch per op here
+    one_batch = train.validate(net, data, "prob", torch.device("cpu"), batch_size=len(data), seg_loss="dice",
+                               orientations=True)
+    assert one_batch["loss"] == pytest.approx(np.mean(losses_), rel=1e-6)
+    plain = train.validate(net, data, "prob", torch.device("cpu"), batch_size=5, seg_loss="dice")
+    assert pooled["tp"] > 0 and plain["pooled"]["n_images"] == len(data)
+    as_given = train.validate(net, data, "prob", torch.device("cpu"), batch_size=len(data), seg_loss="dice")
+    assert plain["pooled"] == as_given["pooled"] and plain["pooled"]["dice"] != pooled["dice"]
+
+
+def test_runs_select_on_oriented_validation_only_when_asked(tiny, tmp_path, monkeypatch):
+    asked = []
+    real = train.validate
+    monkeypatch.setattr(train, "validate", lambda *a, **k: asked.append(k["orientations"]) or real(*a, **k))
+    train.train(_cfg(tiny, augment=True, val_orientations=True, epochs=1), tmp_path, progress=False)
+    train.train(_cfg(tiny, epochs=1), tmp_path, progress=False)
+    assert asked == [True, False]
+    # added later: runs that do not ask keep the folder names they had
+    assert "val_orientations" not in _cfg(tiny).identity()
+    assert _cfg(tiny, val_orientations=True).identity()["val_orientations"] is True
+    with pytest.raises(ConfigError, match="val_orientations"):
+        _cfg(tiny, val_orientations="yes")

@@ -403,6 +403,9 @@ def test_published_model_segments_without_its_cache(run, tmp_path):
     assert sorted(p.name for p in published.rglob("*") if p.is_file()) == [
         "best.pt", "config.json", "history.csv", "metrics.json", "preprocessing.json"]
     load_model(published, "cpu")  # weights only: loads with weights_only=True
+    for name in ("config.json", "preprocessing.json"):  # no folder of the machine that made it
+        text = (published / name).read_text()
+        assert str(tmp_path) not in text and str(run.parent.parent) not in text, name
     cache = Path(RunConfig.from_dict(read_json(run / "config.json")).cache)
     inputs = tmp_path / "phantom"
     shutil.copytree(cache.parent / "phantom", inputs)

@@ -54,6 +54,13 @@ def test_runs_are_the_recipe_with_and_without_augmentation(made):
     assert sum(c["augment"] for c in configs) == 4
     assert {c["role"] for c in configs} == {"baseline"} and {c["optimizer"] for c in configs} == {"adamw"} and all(c["train_subset"] == "train" for c in configs)
     assert summary["models"]["S1"]["release"]["config"]["augment"] is True
+    # the augmented runs stop and select on validation in all 8 orientations; the as-given ones as given
+    assert all(c.get("val_orientations", False) == c["augment"] for c in configs)
+    # the release names no folder of the machine that made it, and carries every run's records
+    published = root / "pub"
+    assert str(root) not in (published / "release.json").read_text()
+    assert all(str(root) not in (published / "S1" / name).read_text() for name in ("config.json", "preprocessing.json"))
+    assert len([p for p in (published / "runs").iterdir() if (p / "metrics.json").is_file()]) == 7
 
 
 def test_orientations_and_the_card_read_release_json(made):

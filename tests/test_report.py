@@ -54,6 +54,40 @@ def test_publish_copies_small_records_only(published):
     assert _digest(publish) == before
 
 
+def test_published_records_name_no_folder_of_this_machine(published):
+    """config.json is published with its cache, split and teacher relative to the results
+    folder: the teacher's path resolves inside the publication itself, and the identity every
+    table joins runs by is unchanged."""
+    from kdlib.train import load_runs, record_identity
+
+    out, publish = published
+    teachers = 0
+    for config in (publish / "runs").glob("*/config.json"):
+        text, data = config.read_text(), json.loads(config.read_text())
+        assert str(out) not in text
+        assert not any(Path(str(data[key])).is_absolute() for key in pipeline.RECORD_PATHS if data.get(key))
+        if data.get("teacher_run"):
+            teachers += 1
+            assert data["teacher_run"].startswith("runs/") and (publish / data["teacher_run"] / "config.json").is_file()
+    assert teachers > 0
+    ours = sorted(record_identity(r["config"]) for r in load_runs(out / "runs"))
+    assert sorted(record_identity(r["config"]) for r in load_runs(publish / "runs")) == ours
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("{out}/cache-corrected-64", "cache-corrected-64"),
+    ("{out}/splits/corrected-64-fold1.json", "splits/corrected-64-fold1.json"),
+    ("{out}/runs/t1-s42-0f2138b8a177", "runs/t1-s42-0f2138b8a177"),
+    ("/elsewhere/other/cache-64", "cache-64"),  # outside the results folder: its name only
+    ("cache", "cache"),  # relative already: as recorded
+])
+def test_portable_config_paths(tmp_path, value, expected):
+    config = {"cache": value.format(out=tmp_path), "name": "S1 baseline", "seed": 42}
+    assert pipeline.portable_config(config, tmp_path) == {**config, "cache": expected}
+    manifest = {"params": {"size": 64}, "inputs": [{"path": value.format(out=tmp_path), "format": "dicom"}]}
+    assert pipeline.portable_manifest(manifest)["inputs"] == [{"path": Path(expected).name, "format": "dicom"}]
+
+
 def test_report_is_deterministic_and_needs_only_records(published, tmp_path):
     _, publish = published
     # the records moved somewhere else: nothing but them is read (teachers are found by name)
