@@ -99,9 +99,13 @@ def test_export_cli(tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
+RELEASES = sorted(p.name for p in (REPO / "figures").glob("release*") if (p / "release.json").is_file())
+
+
 @pytest.mark.parametrize("model", ["S1", "S2"])
-def test_the_committed_release_onnx_files_equal_torch(model, thesis_cache):
-    folder = REPO / "figures" / "release" / model
+@pytest.mark.parametrize("release", RELEASES)  # the current release and the superseded ones
+def test_the_committed_release_onnx_files_equal_torch(release, model, thesis_cache):
+    folder = REPO / "figures" / release / model
     images = np.asarray(SliceCache.load(thesis_cache).images)
     got = export.onnx_logits(folder / "model.onnx", images)
     expected = _torch_logits(folder, images)
