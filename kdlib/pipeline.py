@@ -346,13 +346,11 @@ def train_all(out: Path, configs: list[RunConfig], device: str | None = None,
 
 
 def _finished_line(cfg: RunConfig, run_dir: Path) -> str:
-    from .train import read_metrics
+    """A worker's run as the parent prints it: the run's own line, plus its seconds and threads."""
+    from .train import finished_line, read_metrics
 
     m = read_metrics(run_dir) or {}
-    return (f"{cfg.name} (seed {cfg.seed}): {m.get('epochs_run')} epochs, stopped at the "
-            f"{'patience' if m.get('stopped') == 'early' else 'cap'}, best epoch {m.get('best_epoch')}, "
-            f"test Dice {(m.get('pooled') or {}).get('dice', float('nan')):.3f}, "
-            f"{m.get('train_seconds', 0):.0f} s on {m.get('train_threads', '?')} thread(s)")
+    return f"{finished_line(cfg, m)}, {m.get('train_seconds', 0):.0f} s on {m.get('train_threads', '?')} thread(s)"
 
 
 def _worker_start(threads: int) -> None:

@@ -1132,11 +1132,22 @@ def _finish(cfg: RunConfig, run_dir: Path, dev: torch.device, cache: SliceCache,
     atomic_write_json(run_dir / "metrics.json", result)
     if not cfg.keep_last:
         (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
-    curve = " ".join(f"{r['val_dice']:.2f}" for r in history)
-    print(f"{cfg.name} (seed {cfg.seed}): {len(history)} epochs, stopped at the "
-          f"{'patience' if stopped == 'early' else 'cap'}, best epoch {best_epoch}, test Dice "
-          f"{result['pooled']['dice']:.3f} (last epoch {last['pooled']['dice']:.3f}); "
-          f"val Dice by epoch: {curve}", flush=True)
+    print(finished_line(cfg, result, history), flush=True)
+
+
+def finished_line(cfg: RunConfig, metrics: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
+    """The line a finished run prints (its metrics.json, read back where a worker trained it):
+    epochs, why it stopped, the kept epoch, test Dice of the kept checkpoint and of the last
+    epoch; with `history`, the validation Dice of every epoch."""
+    def dice(block: dict[str, Any] | None) -> float:
+        return float(((block or {}).get("pooled") or {}).get("dice", float("nan")))
+
+    line = (f"{cfg.name} (seed {cfg.seed}): {metrics.get('epochs_run')} epochs, stopped at the "
+            f"{'patience' if metrics.get('stopped') == 'early' else 'cap'}, best epoch {metrics.get('best_epoch')}, "
+            f"test Dice {dice(metrics):.3f} (last epoch {dice(metrics.get('last_epoch')):.3f})")
+    if history is not None:
+        line += "; val Dice by epoch: " + " ".join(f"{r['val_dice']:.2f}" for r in history)
+    return line
 
 
 def train_seeds(cfg: RunConfig, seeds: list[int], runs_dir: str | Path, **kwargs) -> list[Path]:
