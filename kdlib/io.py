@@ -138,8 +138,13 @@ def atomic_write_text(dest: str | Path, text: str, overwrite: bool = True) -> Pa
     return atomic_write_bytes(dest, text.encode("utf-8"), overwrite)
 
 
+def json_text(obj: Any) -> str:
+    """JSON as kdlib writes every record: indented, keys sorted, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def atomic_write_json(dest: str | Path, obj: Any, overwrite: bool = True) -> Path:
-    return atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", overwrite)
+    return atomic_write_text(dest, json_text(obj), overwrite)
 
 
 def read_json(path: str | Path) -> Any:

@@ -441,12 +441,12 @@ def portable_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _published_bytes(name: str, path: Path, results: Path) -> bytes:
     """A record file's bytes as published: config.json made portable, anything else as is."""
+    from .io import json_text
+
     if name == "config.json":
-        return (json.dumps(portable_config(read_json(path), results), indent=2, sort_keys=True,
-                           default=str) + "\n").encode()
+        return json_text(portable_config(read_json(path), results)).encode()
     if name == PREPROCESSING:
-        return (json.dumps(portable_manifest(read_json(path)), indent=2, sort_keys=True,
-                           default=str) + "\n").encode()
+        return json_text(portable_manifest(read_json(path))).encode()
     return path.read_bytes()
 
 

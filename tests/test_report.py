@@ -260,4 +260,3 @@ def test_report_out_without_runs_reads_the_profiles_published_records(published,
     assert main(["report", "--profile", "smoke", "--out", str(out), "--no-figures"]) == 0
     written = json.loads(capsys.readouterr().out)
     assert Path(written["SUMMARY"]).parent == out and not (out / "runs").exists()
-
