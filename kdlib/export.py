@@ -16,6 +16,8 @@ The export is checked before it is kept: onnxruntime runs the ONNX model on chec
 model's size, or `check` when given) and its masks must equal torch's pixel for pixel, and
 its logits agree within `LOGIT_TOLERANCE`. A failed check keeps nothing. Both files are
 written to temporary names and renamed into place; an existing file is never replaced.
+The exporter's per-node stack traces, which name the exporting machine's folders, are dropped
+(`drop_source_traces`); the node scopes and class names stay.
 """
 from __future__ import annotations
 
@@ -46,6 +48,39 @@ def _onnxruntime():
         raise ConfigError("onnxruntime is not installed", None,
                           "pip install -r requirements.txt (it pins onnx and onnxruntime)") from None
     return onnxruntime
+
+
+# torch.export's exporter stores every node's Python stack trace in the model: the absolute
+# paths of the machine and checkout that exported it. Published models keep the node scopes
+# and class names (pkg.torch.onnx.name_scopes, ...) and drop only these.
+SOURCE_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _nodes(subgraph)
+
+
+def drop_source_traces(path: Path) -> int:
+    """Remove the exporter's stack traces (`SOURCE_TRACE_KEY`) from every node of the ONNX
+    file at `path`, in place; returns how many were removed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    nodes = [*_nodes(model.graph), *(node for function in model.functions for node in function.node)]
+    removed = 0
+    for node in nodes:
+        kept = [prop for prop in node.metadata_props if prop.key != SOURCE_TRACE_KEY]
+        removed += len(node.metadata_props) - len(kept)
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    return removed
 
 
 @contextlib.contextmanager
@@ -161,6 +196,7 @@ def export_onnx(model: str | Path, onnx: str | Path, check: str | Path | None = 
                               output_names=["logits"], dynamic_shapes=dynamic,
                               opset_version=OPSET, dynamo=True, external_data=False,
                               verbose=False)
+        drop_source_traces(tmp)
         ort = _onnxruntime()
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = np.concatenate([session.run(["logits"], {"image": x[i:i + 16].numpy()})[0]

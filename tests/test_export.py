@@ -69,6 +69,39 @@ def test_onnx_takes_other_slice_sizes(tmp_path):
     assert np.abs(got - _torch_logits(run, images)).max() <= 1e-3
 
 
+def test_the_onnx_file_names_no_folder_of_the_machine_that_exported_it(tmp_path):
+    import onnx
+
+    export.export_onnx(_published("S2"), tmp_path / "s2.onnx")
+    raw = (tmp_path / "s2.onnx").read_bytes()
+    for folder in (REPO, Path(export.__file__).resolve().parent, Path(torch.__file__).resolve().parent):
+        assert str(folder).encode() not in raw, folder
+    keys = {prop.key for node in onnx.load(str(tmp_path / "s2.onnx")).graph.node
+            for prop in node.metadata_props}
+    assert "pkg.torch.onnx.name_scopes" in keys  # the scopes stay: only the stack traces go
+    assert export.SOURCE_TRACE_KEY not in keys
+
+
+def test_drop_source_traces_reaches_subgraphs_and_keeps_other_metadata(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    def traced(node):
+        helper.set_metadata_props(node, {export.SOURCE_TRACE_KEY: "/home/someone/model.py", "scope": "net"})
+        return node
+
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    branch = helper.make_graph([traced(helper.make_node("Identity", ["x"], ["y"]))], "branch",
+                               [], [out])
+    graph = helper.make_graph(
+        [traced(helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch))], "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [out])
+    save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    assert export.drop_source_traces(tmp_path / "m.onnx") == 3  # the If and both branches
+    raw = (tmp_path / "m.onnx").read_bytes()
+    assert b"/home/someone" not in raw and raw.count(b"scope") == 3
+
+
 def test_export_refuses_to_overwrite_and_keeps_nothing_on_a_failed_check(tmp_path, monkeypatch):
     run = _published("S1")
     (tmp_path / "taken.onnx").write_bytes(b"user's file")
