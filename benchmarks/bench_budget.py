@@ -3,8 +3,8 @@
 the same configuration (name and data subset; the same fold where it was recorded, else any
 fold), summed per notebook. Configurations never recorded are counted and listed, not guessed.
 
-    python benchmarks/bench_budget.py --profile real-mini --records figures/real-mini/runs
-    python benchmarks/bench_budget.py --profile real-mini --records figures/real-mini/runs --folds 0,1
+    python benchmarks/bench_budget.py --profile real-mini --records figures/real-mini-b818353/runs
+    python benchmarks/bench_budget.py --profile real-mini --records figures/real-mini-b818353/runs --folds 0,1
 
 The records carry the engine, stopping rule and machine they were made with: the sum is the
 cost at *their* rates, and the machine they ran on is printed beside it. Compare it with a

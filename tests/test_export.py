@@ -12,9 +12,9 @@ from kdlib import export, train
 from kdlib.data import SliceCache, preprocess
 from kdlib.errors import DataError, KdlibError
 
-from conftest import REPO, require_shared
+from conftest import REPO, published_real_mini, require_shared
 
-MODELS = REPO / "figures" / "real-mini" / "models"
+MODELS = published_real_mini() / "models"
 
 
 def _published(model: str) -> Path:

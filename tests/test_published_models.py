@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require_shared
+from conftest import published_real_mini, require_shared
 
-PUBLISHED = REPO / "figures" / "real-mini"
+PUBLISHED = published_real_mini()
 MODELS = PUBLISHED / "models"
 
 
@@ -44,7 +44,7 @@ def _thesis_cases(model) -> dict[str, float]:
     return {case: scores["dice"] for case, scores in cases.items() if case.startswith("spleen_")}
 
 
-@pytest.mark.skipif(not _published(), reason="no published real-mini students in figures/real-mini/models yet")
+@pytest.mark.skipif(not _published(), reason=f"no published real-mini students in {MODELS} yet")
 def test_published_students_load_with_weights_only_and_carry_their_preprocessing():
     from kdlib.train import load_model
 
@@ -54,7 +54,7 @@ def test_published_students_load_with_weights_only_and_carry_their_preprocessing
         load_model(model, "cpu")  # torch.load(weights_only=True) inside
 
 
-@pytest.mark.skipif(not _published(), reason="no published real-mini students in figures/real-mini/models yet")
+@pytest.mark.skipif(not _published(), reason=f"no published real-mini students in {MODELS} yet")
 def test_a_published_student_segments_the_real_thesis_slices_as_its_metrics_say(tmp_path):
     from kdlib.predict import evaluate, predict
 

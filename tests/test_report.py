@@ -11,6 +11,8 @@ import pytest
 from kdlib import pipeline, report
 from kdlib.cli import main
 
+from conftest import REPO, published_real_mini
+
 try:
     from test_tables import CASES, fake_study
 except ImportError:  # tests collected as a package
@@ -236,15 +238,14 @@ def test_readme_reads_the_selection_table_as_its_test_numbers_do():
     pairs; the README must say what the test numbers say."""
     import pandas as pd
 
-    repo = Path(__file__).resolve().parents[1]
-    table = repo / "figures" / "real-mini" / "tables" / "selection_corrected.csv"
+    table = published_real_mini() / "tables" / "selection_corrected.csv"
     if not table.exists():
         pytest.skip("no published real-mini selection table")
     df = pd.read_csv(table)
     distilled = df[df["configuration"].str.startswith("KD(")]
     gaps = distilled["test Dice, kept"] - distilled["test Dice, last epoch"]
     assert abs(gaps.mean()) < 0.02 and (gaps > 0).any() and (gaps < 0).any()
-    readme = " ".join((repo / "README.md").read_text().split())
+    readme = " ".join((REPO / "README.md").read_text().split())
     assert "handicaps the distilled students" not in readme
     assert "score alike on test" in readme
 
