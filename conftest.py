@@ -14,11 +14,13 @@ def _share_cores_among_workers() -> None:
     N workers at torch's default (every core) would oversubscribe the machine N times.
     Runs when pytest loads this file, before any test module imports numpy or torch, which
     read these variables once."""
+    from kdlib import threads  # imports no torch and no numpy
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
         return
-    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    share = str(max(1, threads.usable_cores() // workers))
+    for name in threads.THREAD_VARIABLES:
         os.environ[name] = share
 
 

@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KDLIB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-
 def published_real_mini() -> Path:
     """The newest published real-mini results: figures/real-mini once it holds run records,
     else the b818353 run, moved aside so that issue 21's run publishes into an empty folder."""
