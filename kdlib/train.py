@@ -312,12 +312,14 @@ def warn_emulated_bf16() -> bool:
 
     Measured on an Intel Xeon without AMX or AVX512-BF16 (Ice Lake, 2026-12-03), bf16
     autocast trained 2-4x slower than fp32 (S1 113 against 232 images/s, S2 22-31 against 90,
-    T1 2.5 against 5.1): a profile that pins bf16 for a native-bf16 machine (real-mini) then
-    takes 2-4x its budget. Returns True when it warned."""
+    T1 2.5 against 5.1); on an AMD EPYC (AVX2, no AVX-512; 2026-12-05) 17-33x slower (S1 12.5
+    against 200.5 images/s, T1 0.1 against 3.8; benchmarks/RESULTS.md section 12). A profile that
+    pins bf16 for a native-bf16 machine (real-mini) then takes 2-30x its budget. Returns True when
+    it warned."""
     if cpu_has_native_bf16():
         return False
     warnings.warn("precision bf16 on a CPU without native bf16 (no amx_bf16/avx512_bf16 in "
-                  "/proc/cpuinfo): autocast is emulated, 2-4x slower than fp32 here; for a budgeted run "
+                  "/proc/cpuinfo): autocast is emulated, 2-30x slower than fp32 (measured on Intel Ice Lake and AMD EPYC); for a budgeted run "
                   "use a CPU with native bf16 or a GPU, or set precision: fp32 (other run identities)",
                   KdlibWarning, stacklevel=3)
     return True
