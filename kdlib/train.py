@@ -543,11 +543,15 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     Stored on `device` in `dtype` (float32 on the CPU, bfloat16 on CUDA by default) so a KD
     step only indexes rows; a 1x1 projector is applied later at the teacher's own resolution.
 
-    Memory (issue 20): only the taps asked for are kept (T1's `enc` alone is 8 MB a slice in
-    bf16 at 256x256, where the logits are 128 kB), for one teacher and data set at a time: taps
-    held that this call does not need are freed before anything is computed, and the missing
-    ones are written into tensors allocated once at their final size, batch by batch (no list
-    of chunks and concatenation, which peaked at twice the outputs). The teacher network
+    Memory (issue 20): for one teacher and data set at a time. A pass that has to run keeps
+    every tap when all of them fit in `spare_taps_budget` (1/8 of the device's memory; T1's four
+    taps at 64x64 are 1.3 MB a slice in fp32), so that the next configuration, which distils from
+    other scales, finds its taps held instead of paying another pass: the smoke grid's 61 KD runs
+    made 12 teacher passes per 16 runs before. Where they do not fit (T1's `enc` alone is 8 MB a
+    slice in bf16 at 256x256, where the logits are 128 kB), only the taps asked for are kept:
+    taps held that this call does not need are freed before anything is computed. Either way
+    the taps are written into tensors allocated once at their final size, batch by batch (no
+    list of chunks and concatenation, which peaked at twice the outputs). The teacher network
     stays loaded while the same teacher and data are asked for, so another set of taps costs
     one inference pass, not a reload; `pipeline.training_order` puts the runs that need the
     same taps next to each other.
@@ -564,10 +568,10 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
         _TEACHER_OUTPUTS.clear()
         _TEACHER_OUTPUTS.update(key=key, model=None, taps={})
     held: dict[str, torch.Tensor] = _TEACHER_OUTPUTS["taps"]
-    for tap in [tap for tap in held if tap not in wanted]:
-        del held[tap]
     missing = [tap for tap in wanted if tap not in held]
     if missing:
+        for tap in [tap for tap in held if tap not in wanted]:  # room first; kept again below if all fit
+            del held[tap]
         teacher = _TEACHER_OUTPUTS.get("model")
         if teacher is None:
             with torch.random.fork_rng(devices=[]):  # building the network must not move the run's RNG
@@ -586,6 +590,12 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
                         image = dihedral(image, op).contiguous()
                     with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
                         out = teacher(image)
+                    if not filled:  # first batch: keep every tap where all of them fit
+                        every = [tap for tap in ALL_TEACHER_TAPS if tap in out and tap not in held]
+                        per_slice = sum(out[tap][0].numel() for tap in ALL_TEACHER_TAPS if tap in out)
+                        element = torch.empty((), dtype=dtype).element_size()
+                        if per_slice * element * n * len(ops) <= spare_taps_budget(device):
+                            missing = every
                     for tap in missing:
                         value = out[tap]
                         if tap not in filled:  # allocated once, at its final size
@@ -611,6 +621,18 @@ def _check_cache_size(shape: tuple[int, ...], dtype: torch.dtype, teacher_run) -
         raise KdlibError(f"the teacher's outputs would take {need / 2**30:.1f} GiB of this machine's "
                          f"{total / 2**30:.1f} GiB", str(teacher_run),
                          "distil without augment (one orientation), from fewer scales, or at a smaller size")
+
+
+def spare_taps_budget(device: torch.device) -> int:
+    """Bytes the teacher-outputs cache may hold so as to keep every tap of a pass rather than
+    only those asked for: 1/8 of the device's memory (CUDA: the GPU's; CPU: physical memory;
+    0 where it cannot be read, which keeps only the taps asked for)."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory // 8
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return 0
 
 
 def teacher_outputs_bytes() -> int:

@@ -792,10 +792,12 @@ def test_auto_precision_is_decided_and_recorded_where_the_run_trains(tiny, tmp_p
 
 
 def test_teacher_outputs_keep_only_the_taps_asked_for(tiny, tmp_path, monkeypatch):
-    """Issue 20: the cache holds the taps a run distils from (not all four), filled in place;
-    the values are the teacher's own outputs; another tap set reuses the loaded teacher."""
+    """Issue 20: where all four taps do not fit the spare budget, the cache holds the taps a run
+    distils from, filled in place; the values are the teacher's own outputs; another tap set
+    reuses the loaded teacher."""
     teacher = train.train(train.teacher_config("unet", tiny / "cache", tiny / "split.json", epochs=1),
                           tmp_path, progress=False)
+    monkeypatch.setattr(train, "spare_taps_budget", lambda device: 0)
     dev = torch.device("cpu")
     cache, split = SliceCache.load(tiny / "cache"), train.load_split(tiny / "split.json")
     data = train.SliceTensors(cache, split["student_train"], dev)
@@ -812,11 +814,52 @@ def test_teacher_outputs_keep_only_the_taps_asked_for(tiny, tmp_path, monkeypatc
         direct = model(image)
     for tap, value in got.items():  # batch by batch into one tensor: the same numbers
         assert value.shape == direct[tap].shape and torch.allclose(value, direct[tap], atol=1e-5)
-    # a subset frees the rest; a new tap is computed with the teacher already loaded
+    # a subset is served from what is held; a new tap frees the taps not asked for before its
+    # pass, which runs with the teacher already loaded
     assert set(train.teacher_outputs(teacher, data, ("logits",), dev)) == {"logits"}
-    assert set(train._TEACHER_OUTPUTS["taps"]) == {"logits"}
+    assert set(train._TEACHER_OUTPUTS["taps"]) == {"bottleneck", "logits"}
     assert set(train.teacher_outputs(teacher, data, ("enc", "logits"), dev)) == {"enc", "logits"}
+    assert set(train._TEACHER_OUTPUTS["taps"]) == {"enc", "logits"}
     assert len(loads) == 1
     with pytest.raises(KdlibError, match="unknown teacher taps"):
         train.teacher_outputs(teacher, data, ("nope",), dev)
+    train._TEACHER_OUTPUTS.clear()
+
+
+@pytest.mark.parametrize("budget_slices, passes", [(10**6, 1), (0, 4)])
+def test_one_teacher_pass_serves_every_tap_set_where_all_taps_fit(tiny, tmp_path, monkeypatch,
+                                                                  budget_slices, passes):
+    """Where all four taps fit the spare budget, the first pass keeps them all: the
+    configurations that distil from other scales (the ablation grid) pay no further pass.
+    Without room, each new tap set costs one pass (budget 0: the issue-20 behaviour)."""
+    teacher = train.train(train.teacher_config("unet", tiny / "cache", tiny / "split.json", epochs=1),
+                          tmp_path, progress=False)
+    dev = torch.device("cpu")
+    cache, split = SliceCache.load(tiny / "cache"), train.load_split(tiny / "split.json")
+    data = train.SliceTensors(cache, split["student_train"], dev)
+    model = train.load_model(teacher, dev)
+    with torch.inference_mode():
+        out = model(data.batch(slice(0, 1), torch.contiguous_format)[0])
+    per_slice = sum(out[t][0].numel() * 4 for t in train.ALL_TEACHER_TAPS)
+    monkeypatch.setattr(train, "spare_taps_budget",
+                        lambda device: per_slice * len(data) if budget_slices else 0)
+    forwards = []
+    real_load = train.load_model
+
+    def counted_load(*a, **k):
+        net = real_load(*a, **k)
+        net.register_forward_hook(lambda *_: forwards.append(1))
+        return net
+
+    monkeypatch.setattr(train, "load_model", counted_load)
+    train._TEACHER_OUTPUTS.clear()
+    batches = -(-len(data) // 16)
+    for taps in (("bottleneck", "logits"), ("enc", "dec", "logits"), ("bottleneck",), ("enc", "logits")):
+        got = train.teacher_outputs(teacher, data, taps, dev)
+        assert set(got) == set(taps)
+        for tap in taps:  # the same numbers whichever pass filled them
+            assert torch.allclose(got[tap][:1], out[tap], atol=1e-5), tap
+    assert len(forwards) == passes * batches
+    kept = set(train._TEACHER_OUTPUTS["taps"])
+    assert kept == (set(train.ALL_TEACHER_TAPS) if budget_slices else {"enc", "logits"})
     train._TEACHER_OUTPUTS.clear()
