@@ -28,7 +28,7 @@ Read it top-down:
 5. Distilled students never pay the frozen teacher's forward pass per step: the teacher's
    taps on the (unaugmented, fixed) student training set are computed once per process
    (`teacher_outputs`) and reused by every epoch and every configuration that needs them;
-   only the taps a run distils from are held.
+   a pass keeps all four taps where they fit `spare_taps_budget`, else only those asked for.
 6. An epoch does no host work it does not need (issue 17): networks and batches are in
    channels_last where that trains faster (`memory_format`), batches are indexed on the
    device, loss terms and validation counts are summed on the device and read back once
@@ -546,8 +546,8 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     Memory (issue 20): for one teacher and data set at a time. A pass that has to run keeps
     every tap when all of them fit in `spare_taps_budget` (1/8 of the device's memory; T1's four
     taps at 64x64 are 1.3 MB a slice in fp32), so that the next configuration, which distils from
-    other scales, finds its taps held instead of paying another pass: the smoke grid's 61 KD runs
-    made 12 teacher passes per 16 runs before. Where they do not fit (T1's `enc` alone is 8 MB a
+    other scales, finds its taps held instead of paying another pass (the first 16 KD runs of the
+    smoke grid: 1 pass instead of 4, 1.5x faster; benchmarks/bench_teacher_passes.py). Where they do not fit (T1's `enc` alone is 8 MB a
     slice in bf16 at 256x256, where the logits are 128 kB), only the taps asked for are kept:
     taps held that this call does not need are freed before anything is computed. Either way
     the taps are written into tensors allocated once at their final size, batch by batch (no
