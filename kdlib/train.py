@@ -547,9 +547,10 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     every tap when all of them fit in `spare_taps_budget` (1/8 of the device's memory; T1's four
     taps at 64x64 are 1.3 MB a slice in fp32), so that the next configuration, which distils from
     other scales, finds its taps held instead of paying another pass (the first 16 KD runs of the
-    smoke grid: 1 pass instead of 4, 1.5x faster; benchmarks/bench_teacher_passes.py). Where they do not fit (T1's `enc` alone is 8 MB a
-    slice in bf16 at 256x256, where the logits are 128 kB), only the taps asked for are kept:
-    taps held that this call does not need are freed before anything is computed. Either way
+    smoke grid: 1 pass instead of 4, 1.5x faster; benchmarks/bench_teacher_passes.py). Each
+    worker process holds its own cache. Where they do not fit (T1's `enc` alone is 8 MB a slice
+    in bf16 at 256x256, where the logits are 128 kB), only the taps asked for are kept: taps
+    held that this call does not need are freed before anything is computed. Either way
     the taps are written into tensors allocated once at their final size, batch by batch (no
     list of chunks and concatenation, which peaked at twice the outputs). The teacher network
     stays loaded while the same teacher and data are asked for, so another set of taps costs
