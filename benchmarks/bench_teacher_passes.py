@@ -43,7 +43,7 @@ def one_round(configs: list, budget) -> tuple[float, int, dict]:
     batches, metrics). Only the teachers' forwards count (a run also loads its own best
     checkpoint to test it)."""
     passes = []
-    real_load = train.load_model
+    real_load, real_budget = train.load_model, train.spare_taps_budget
     teachers = {str(Path(c.teacher_run).resolve()) for c in configs}
 
     def counted_load(*a, **k):
@@ -63,7 +63,7 @@ def one_round(configs: list, budget) -> tuple[float, int, dict]:
                                       if "seconds" not in k and "time" not in k}
                        for d in dirs}
     finally:
-        train.load_model = real_load
+        train.load_model, train.spare_taps_budget = real_load, real_budget
         train._TEACHER_OUTPUTS.clear()
     return seconds, len(passes), metrics
 

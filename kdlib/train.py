@@ -610,13 +610,20 @@ def teacher_outputs(teacher_run: str | Path, data: SliceTensors, taps: tuple[str
     return {tap: held[tap] for tap in wanted}
 
 
+def _physical_memory() -> int | None:
+    """This machine's physical memory in bytes; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _check_cache_size(shape: tuple[int, ...], dtype: torch.dtype, teacher_run) -> None:
     """Refuse a teacher-outputs tensor larger than half of this machine's memory, before it
     is allocated (the 8-orientation cache of a large teacher at 256x256 can be)."""
     need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
+    total = _physical_memory()
+    if total is None:
         return
     if need > total // 2:
         raise KdlibError(f"the teacher's outputs would take {need / 2**30:.1f} GiB of this machine's "
@@ -628,12 +635,12 @@ def spare_taps_budget(device: torch.device) -> int:
     """Bytes the teacher-outputs cache may hold so as to keep every tap of a pass rather than
     only those asked for: 1/8 of the device's memory (CUDA: the GPU's; CPU: physical memory;
     0 where it cannot be read, which keeps only the taps asked for)."""
-    try:
-        if device.type == "cuda":
+    if device.type == "cuda":
+        try:
             return torch.cuda.get_device_properties(device).total_memory // 8
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
-    except (AttributeError, ValueError, OSError, RuntimeError):
-        return 0
+        except RuntimeError:
+            return 0
+    return (_physical_memory() or 0) // 8
 
 
 def teacher_outputs_bytes() -> int:

@@ -826,9 +826,9 @@ def test_teacher_outputs_keep_only_the_taps_asked_for(tiny, tmp_path, monkeypatc
     train._TEACHER_OUTPUTS.clear()
 
 
-@pytest.mark.parametrize("budget_slices, passes", [(10**6, 1), (0, 4)])
+@pytest.mark.parametrize("all_fit, passes", [(True, 1), (False, 4)])
 def test_one_teacher_pass_serves_every_tap_set_where_all_taps_fit(tiny, tmp_path, monkeypatch,
-                                                                  budget_slices, passes):
+                                                                  all_fit, passes):
     """Where all four taps fit the spare budget, the first pass keeps them all: the
     configurations that distil from other scales (the ablation grid) pay no further pass.
     Without room, each new tap set costs one pass (budget 0: the issue-20 behaviour)."""
@@ -842,7 +842,7 @@ def test_one_teacher_pass_serves_every_tap_set_where_all_taps_fit(tiny, tmp_path
         out = model(data.batch(slice(0, 1), torch.contiguous_format)[0])
     per_slice = sum(out[t][0].numel() * 4 for t in train.ALL_TEACHER_TAPS)
     monkeypatch.setattr(train, "spare_taps_budget",
-                        lambda device: per_slice * len(data) if budget_slices else 0)
+                        lambda device: per_slice * len(data) if all_fit else 0)
     forwards = []
     real_load = train.load_model
 
@@ -861,5 +861,5 @@ def test_one_teacher_pass_serves_every_tap_set_where_all_taps_fit(tiny, tmp_path
             assert torch.allclose(got[tap][:1], out[tap], atol=1e-5), tap
     assert len(forwards) == passes * batches
     kept = set(train._TEACHER_OUTPUTS["taps"])
-    assert kept == (set(train.ALL_TEACHER_TAPS) if budget_slices else {"enc", "logits"})
+    assert kept == (set(train.ALL_TEACHER_TAPS) if all_fit else {"enc", "logits"})
     train._TEACHER_OUTPUTS.clear()
