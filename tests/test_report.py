@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -240,8 +241,6 @@ def test_readme_reads_the_selection_table_as_its_test_numbers_do():
 
     # the table the README's prose cites (b818353's until issue 21's run regenerates the prose),
     # not merely the newest publication: the sentence must match the numbers it points to
-    import re
-
     cited = re.search(r"\((figures/[^)]*/tables/selection_corrected)\.md\)", (REPO / "README.md").read_text())
     table = (REPO / f"{cited.group(1)}.csv") if cited else published_real_mini() / "tables" / "selection_corrected.csv"
     if not table.exists():
